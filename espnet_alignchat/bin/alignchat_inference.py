@@ -1,0 +1,187 @@
+"""Transcribe and answer a Kaldi data dir with a trained AlignChat model.
+
+    python -m espnet_alignchat.bin.alignchat_inference --model_dir exp/instruct \\
+        --data_dir dump/raw/test --output_dir exp/instruct/decode_test --batch_size 16
+
+writes ``<output_dir>/text`` (the speech tokenizer's transcript of each utterance) and
+``<output_dir>/response`` (the frozen LLM's answer to the speech), one ``uttid value`` line each.
+With ``--text_input true`` the LLM answers the data dir's ``text`` instead: the text-conditioned
+reference, written to ``<output_dir>/response``. Unreadable utterances are reported, listed in
+``<output_dir>/skipped`` and left out; the others are processed. ``--config decode.yaml`` sets
+any option from a YAML file, as ESPnet's inference configs do.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from espnet2.utils import config_argparse
+from espnet2.utils.types import str2bool, str_or_none
+from tqdm import tqdm
+
+from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
+from espnet_alignchat.inference import Speech2Chat
+from espnet_alignchat.model import OUTPUT_MODES
+
+
+def get_parser() -> config_argparse.ArgumentParser:
+    # ESPnet's parser adds --config (a decoding YAML whose keys are these options).
+    parser = config_argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model_dir", type=Path, required=True)
+    parser.add_argument("--data_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument(
+        "--model_file", type=str_or_none, default=None, help="checkpoint in model_dir"
+    )
+    parser.add_argument(
+        "--llm", type=str_or_none, default=None, help="replace the configured LLM path"
+    )
+    parser.add_argument("--key_file", type=Path, default=None, help="utterances to do")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: one GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log_level", default="INFO")
+    parser.add_argument(
+        "--text_input",
+        type=str2bool,
+        default=False,
+        help="answer the data dir's text instead of its speech",
+    )
+    group = parser.add_argument_group("speech tokenizer decoding")
+    group.add_argument("--beam_size", type=int, default=1)
+    group.add_argument(
+        "--maxlenratio", type=float, default=1.0, help="max tokens per encoder frame"
+    )
+    group.add_argument("--max_tokens", type=int, default=512)
+    group.add_argument("--length_bonus", type=float, default=0.0)
+    group.add_argument(
+        "--output_mode",
+        choices=OUTPUT_MODES,
+        default="continuous",
+        help="what the LLM reads: the decoder's vectors or E[decoded ids]",
+    )
+    group = parser.add_argument_group("LLM generation")
+    group.add_argument("--system_prompt", type=str_or_none, default=None)
+    group.add_argument("--max_new_tokens", type=int, default=256)
+    group.add_argument("--do_sample", type=str2bool, default=False)
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top_p", type=float, default=1.0)
+    group.add_argument("--top_k", type=int, default=0)
+    group.add_argument("--repetition_penalty", type=float, default=1.0)
+    return parser
+
+
+def batches(items: Sequence[str], size: int) -> Iterator[List[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def select_keys(all_keys: List[str], key_file: Optional[Path]) -> List[str]:
+    if key_file is None:
+        return all_keys
+    wanted = read_kaldi_map(key_file)
+    return [key for key in all_keys if key in wanted]
+
+
+def answer_text(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int):
+    texts = data.text()
+    missing = [key for key in keys if key not in texts]
+    keys = [key for key in keys if key in texts]
+    responses: Dict[str, str] = {}
+    with tqdm(total=len(keys), unit="utt", desc="answering text") as progress:
+        for batch in batches(keys, batch_size):
+            responses.update(
+                zip(batch, chat.respond_to_text([texts[k] for k in batch]))
+            )
+            progress.update(len(batch))
+    return {}, responses, {key: f"{key}: no line in text" for key in missing}
+
+
+def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int):
+    lengths = data.num_samples()
+    if lengths is not None:  # similar lengths in a batch: less padding
+        keys = sorted(keys, key=lambda key: -lengths.get(key, 0))
+    transcripts: Dict[str, str] = {}
+    responses: Dict[str, str] = {}
+    skipped: Dict[str, str] = {}
+    with tqdm(total=len(keys), unit="utt", desc="answering speech") as progress:
+        for batch in batches(keys, batch_size):
+            loaded = []
+            for key, speech, problem in data.iter_speech(batch, chat.sample_rate):
+                if problem is None:
+                    loaded.append((key, speech))
+                else:
+                    logging.warning(f"{problem} (skipped)")
+                    skipped[key] = problem
+            if loaded:
+                hypotheses = chat.transcribe([speech for _, speech in loaded])
+                answers = chat.respond(hypotheses)
+                for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
+                    transcripts[key] = chat.detokenize(hypothesis.token_ids)
+                    responses[key] = answer
+            progress.update(len(batch))
+    return transcripts, responses, skipped
+
+
+def inference(args) -> int:
+    torch.manual_seed(args.seed)
+    device = "cuda" if args.ngpu > 0 else "cpu"
+    chat = Speech2Chat.from_model_dir(
+        args.model_dir,
+        args.model_file,
+        llm=args.llm,
+        device=device,
+        beam_size=args.beam_size,
+        maxlenratio=args.maxlenratio,
+        max_tokens=args.max_tokens,
+        length_bonus=args.length_bonus,
+        output_mode=args.output_mode,
+        system_prompt=args.system_prompt,
+        generation=dict(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+        ),
+    )
+    data = DataDir(args.data_dir)
+    keys = select_keys(data.utt_ids, args.key_file)
+    answer = answer_text if args.text_input else answer_speech
+    transcripts, responses, skipped = answer(chat, data, keys, args.batch_size)
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if not args.text_input:
+        write_kaldi_map(args.output_dir / "text", transcripts)
+    write_kaldi_map(args.output_dir / "response", responses)
+    if skipped:
+        write_kaldi_map(args.output_dir / "skipped", skipped)
+    logging.info(
+        f"{len(responses)} of {len(keys)} utterances answered in {args.output_dir}"
+        + (f"; {len(skipped)} skipped, listed in skipped" if skipped else "")
+    )
+    return 0 if responses or not keys else 1
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
+    )
+    with exit_on_user_error("alignchat_inference"):
+        status = inference(args)
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

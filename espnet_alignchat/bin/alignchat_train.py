@@ -1,0 +1,37 @@
+"""Train AlignChat with ESPnet's trainer (both stages; the mode is in the config).
+
+Stage 1, the speech tokenizer against the LLM's embedding matrix only::
+
+    python -m espnet_alignchat.bin.alignchat_train --config conf/train_pretrain.yaml \\
+        --llm meta-llama/Llama-3.1-8B-Instruct --output_dir exp/pretrain \\
+        --train_data_path_and_name_and_type dump/raw/train/wav.scp,speech,sound \\
+        --train_data_path_and_name_and_type dump/raw/train/text,text,text \\
+        --valid_data_path_and_name_and_type dump/raw/dev/wav.scp,speech,sound \\
+        --valid_data_path_and_name_and_type dump/raw/dev/text,text,text \\
+        --train_shape_file exp/stats/train/speech_shape \\
+        --valid_shape_file exp/stats/valid/speech_shape
+
+Stage 2 adds ``--train_data_path_and_name_and_type dump/raw/train/response,response,text``
+(the LLM's own answers), ``--config conf/train_instruct.yaml`` and
+``--init_param exp/pretrain/valid.acc.ave.pth``. ``--collect_stats true`` writes the shape files
+and feature statistics without reading the LLM's weights. All of ESPnet's trainer options work
+(``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them.
+"""
+
+from typing import List, Optional
+
+from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.task import AlignChatTask
+
+
+def get_parser():
+    return AlignChatTask.get_parser()
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    with exit_on_user_error("alignchat_train"):
+        AlignChatTask.main(cmd=cmd)
+
+
+if __name__ == "__main__":
+    main()

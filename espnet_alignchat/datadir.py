@@ -1,0 +1,130 @@
+"""Kaldi data directories: reading ``wav.scp`` (with ``segments``), ``text`` and friends.
+
+Every utterance is read on its own, so one unreadable file is reported and skipped by the caller
+instead of stopping a whole set. ``wav.scp`` entries may be a path in any format soundfile reads,
+a Kaldi ark offset (``foo.ark:123``) or a command ending in ``|`` whose output is audio.
+"""
+
+import io
+import subprocess
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import kaldiio
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+from espnet_alignchat.preprocessor import InputError, check_speech
+
+
+def read_kaldi_map(path: Path) -> Dict[str, str]:
+    """``<key> <value>`` lines → dict, in file order; an empty value is allowed."""
+    entries: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            parts = line.strip().split(maxsplit=1)
+            if not parts:
+                continue
+            key = parts[0]
+            if key in entries:
+                raise InputError(f"{path}:{number}: duplicate key {key}")
+            entries[key] = parts[1] if len(parts) > 1 else ""
+    return entries
+
+
+def write_kaldi_map(path: Path, entries: Dict[str, str]) -> None:
+    """Sorted ``<key> <value>`` lines; values are put on one line (newlines become spaces)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for key in sorted(entries):
+            f.write(f"{key} {' '.join(entries[key].split())}\n")
+
+
+def read_audio(entry: str) -> Tuple[np.ndarray, int]:
+    """One ``wav.scp`` value → (samples, rate); samples are float (frames,) or (frames, ch)."""
+    if entry.endswith("|"):
+        result = subprocess.run(entry[:-1], shell=True, capture_output=True)
+        if result.returncode != 0:
+            error = result.stderr.decode(errors="replace").strip().splitlines()
+            raise OSError(
+                f"the command failed: {error[-1] if error else result.returncode}"
+            )
+        samples, rate = soundfile.read(io.BytesIO(result.stdout), dtype="float32")
+        return samples, rate
+    if ":" in entry and not Path(entry).exists():  # Kaldi ark offset
+        loaded = kaldiio.load_mat(entry)
+        if not isinstance(loaded, tuple):
+            raise OSError("the ark entry holds a matrix, not audio")
+        rate, samples = loaded
+        if samples.dtype == np.int16:
+            samples = samples.astype(np.float32) / 32768
+        return samples.astype(np.float32), rate
+    samples, rate = soundfile.read(entry, dtype="float32")
+    return samples, rate
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate == target_rate:
+        return samples
+    waveform = torch.from_numpy(np.ascontiguousarray(samples.T))
+    return torchaudio.functional.resample(waveform, rate, target_rate).numpy().T
+
+
+class DataDir:
+    """The audio and text of a Kaldi data dir, read one utterance at a time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not (self.path / "wav.scp").is_file():
+            raise FileNotFoundError(f"{self.path}: no wav.scp")
+        self.recordings = read_kaldi_map(self.path / "wav.scp")
+        self.segments: Optional[Dict[str, Tuple[str, float, float]]] = None
+        if (self.path / "segments").is_file():
+            self.segments = {}
+            for utt_id, value in read_kaldi_map(self.path / "segments").items():
+                recording, start, end = value.split()
+                self.segments[utt_id] = (recording, float(start), float(end))
+
+    @property
+    def utt_ids(self) -> List[str]:
+        return list(self.segments if self.segments is not None else self.recordings)
+
+    def text(self, name: str = "text") -> Dict[str, str]:
+        return read_kaldi_map(self.path / name)
+
+    def num_samples(self) -> Optional[Dict[str, int]]:
+        """``utt2num_samples`` if present (ESPnet's dumps have it): lets callers sort by length."""
+        path = self.path / "utt2num_samples"
+        if not path.is_file():
+            return None
+        return {key: int(value) for key, value in read_kaldi_map(path).items()}
+
+    def speech(self, utt_id: str, rate: int) -> np.ndarray:
+        """Mono float32 samples at `rate`; `InputError` naming the utterance if unusable."""
+        start = end = None
+        recording = utt_id
+        if self.segments is not None:
+            recording, start, end = self.segments[utt_id]
+        entry = self.recordings.get(recording)
+        if entry is None:
+            raise InputError(f"{utt_id}: recording {recording} is not in wav.scp")
+        try:
+            samples, source_rate = read_audio(entry)
+        except Exception as error:  # soundfile, kaldiio and pipes raise many kinds
+            raise InputError(
+                f"{utt_id}: cannot read audio '{entry}': {error}"
+            ) from error
+        if start is not None:
+            samples = samples[int(start * source_rate) : int(end * source_rate)]
+        return check_speech(utt_id, resample(samples, source_rate, rate))
+
+    def iter_speech(
+        self, utt_ids: List[str], rate: int
+    ) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
+        """(utt_id, samples, None) or (utt_id, None, reason) for each utterance."""
+        for utt_id in utt_ids:
+            try:
+                yield utt_id, self.speech(utt_id, rate), None
+            except InputError as error:
+                yield utt_id, None, str(error)

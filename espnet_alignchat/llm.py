@@ -1,0 +1,507 @@
+"""The frozen LLM: loading, its embedding matrix, its chat template and generation.
+
+Everything that touches the Hugging Face LLM lives in this module. The LLM is never trained and
+is never an ESPnet submodule: `FrozenLLM` is a plain object, so the LLM stays out of the
+ESPnet state_dict (an 8B LLM must not be written into every checkpoint), the optimizer, DDP's
+parameter synchronisation and ESPnet's ``model.to(dtype=train_dtype)`` cast. It follows the
+speech tokenizer's device on demand (``FrozenLLM.to``) and picks its own dtype: bfloat16 on GPU,
+float32 on CPU, unless told otherwise.
+
+Stage 1 needs only the input-embedding matrix, which `load_embeddings` reads from the
+safetensors files without building the model; the full model is loaded the first time
+`FrozenLLM.model` is used.
+"""
+
+import hashlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+# Stands for the user's content while the chat template is rendered; the rendered text is split
+# around it. Plain ASCII without spaces survives templates that trim or escape content.
+_SLOT = "ALIGNCHAT_USER_CONTENT_SLOT"
+_RESPONSE = "ALIGNCHAT_ASSISTANT_RESPONSE_SLOT"
+SPEECH_PLACEHOLDER = "{speech}"
+
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class LLMMismatchError(RuntimeError):
+    """A speech tokenizer was trained for another LLM than the one it is used with."""
+
+
+class PromptError(ValueError):
+    """The chat template or the pieces of a prompt do not fit together."""
+
+
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """The LLM's own tokenizer (never resized: our ids are the LLM's ids)."""
+    return AutoTokenizer.from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code
+    )
+
+
+def _local_or_hub_file(name_or_path: str, filename: str) -> Optional[Path]:
+    """Path of one file of a model dir or hub repo, fetching only that file; None if absent."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        path = local / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name_or_path, filename))
+    except EntryNotFoundError:
+        return None
+
+
+def input_embedding_key(
+    config: PretrainedConfig, trust_remote_code: bool = False
+) -> str:
+    """The state-dict name of the input embedding, found by building the model on `meta`.
+
+    Building on the meta device allocates nothing, and asking the model itself
+    (`get_input_embeddings`) works for every architecture without matching on names.
+    """
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=trust_remote_code
+        )
+    weight = model.get_input_embeddings().weight
+    return next(name for name, param in model.named_parameters() if param is weight)
+
+
+def _match_key(wanted: str, available: Sequence[str], where: str) -> str:
+    """`wanted`, or the one key ending like it (checkpoints saved without the base prefix)."""
+    if wanted in available:
+        return wanted
+    tail = wanted.split(".", 1)[-1]
+    candidates = [key for key in available if key.endswith(tail)]
+    if len(candidates) != 1:
+        raise KeyError(f"{where}: cannot find the input embedding '{wanted}'")
+    return candidates[0]
+
+
+def load_embeddings(name_or_path: str, trust_remote_code: bool = False) -> torch.Tensor:
+    """The LLM's input-embedding matrix ``[vocab, hidden]``, read without building the model.
+
+    Only the safetensors file (or, for a sharded checkpoint, the one shard) that holds the
+    embedding is opened, and only that tensor is read from it. The tensor keeps the stored dtype.
+    """
+    config = AutoConfig.from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code
+    )
+    key = input_embedding_key(config, trust_remote_code)
+    index_file = _local_or_hub_file(name_or_path, "model.safetensors.index.json")
+    if index_file is not None:
+        weight_map: Dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        key = _match_key(key, list(weight_map), str(index_file))
+        shard = _local_or_hub_file(name_or_path, weight_map[key])
+    else:
+        shard = _local_or_hub_file(name_or_path, "model.safetensors")
+    if shard is None:
+        raise FileNotFoundError(
+            f"{name_or_path}: no model.safetensors or model.safetensors.index.json "
+            "(re-save the model with save_pretrained(safe_serialization=True))"
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as reader:
+        key = _match_key(key, list(reader.keys()), str(shard))
+        embeddings = reader.get_tensor(key)
+    text_config = config.get_text_config()
+    expected = (text_config.vocab_size, text_config.hidden_size)
+    if tuple(embeddings.shape) != expected:
+        raise ValueError(
+            f"{shard}: '{key}' has shape {tuple(embeddings.shape)}, "
+            f"but the config says {expected}"
+        )
+    return embeddings
+
+
+@dataclass(frozen=True)
+class LLMFingerprint:
+    """What identifies an LLM to a speech tokenizer: its embedding space."""
+
+    name_or_path: str
+    vocab_size: int
+    hidden_size: int
+    embedding_sha256: str
+
+    @classmethod
+    def of(cls, name_or_path: str, embeddings: torch.Tensor) -> "LLMFingerprint":
+        """Hash the embedding values in float32, so the stored and the loaded dtype agree."""
+        vocab_size, hidden_size = embeddings.shape
+        digest = hashlib.sha256(f"{vocab_size}x{hidden_size}".encode())
+        for rows in embeddings.detach().split(8192):
+            digest.update(rows.to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return cls(str(name_or_path), vocab_size, hidden_size, digest.hexdigest())
+
+    def describe(self) -> str:
+        return (
+            f"'{self.name_or_path}' (vocab {self.vocab_size}, hidden {self.hidden_size}, "
+            f"embedding sha256 {self.embedding_sha256[:12]}…)"
+        )
+
+    def check_same_llm(self, trained: "LLMFingerprint") -> None:
+        """Raise `LLMMismatchError` unless `trained` (from a checkpoint) is this LLM."""
+        if trained.embedding_sha256 != self.embedding_sha256:
+            raise LLMMismatchError(
+                f"this speech tokenizer was trained for the LLM {trained.describe()}, "
+                f"but the LLM given is {self.describe()}; pass the LLM it was trained "
+                "with (--llm)"
+            )
+
+
+class FingerprintBuffer(torch.nn.Module):
+    """Puts the LLM's embedding hash into the state_dict, so every checkpoint names its LLM.
+
+    The 32 digest bytes are stored as integer-valued floats: ESPnet's n-best averaging divides
+    float entries by n (exact for equal small integers) but would sum integer ones, and ESPnet's
+    dtype cast keeps 0..255 exact even in float16. Loading a state_dict of another LLM raises
+    `LLMMismatchError`, which covers both `build_model_from_file` and `--init_param`.
+    """
+
+    UNSET = bytes(32)  # a model built without its LLM's embeddings (collect-stats mode)
+
+    def __init__(self, fingerprint: Optional[LLMFingerprint]):
+        super().__init__()
+        self.fingerprint = fingerprint
+        digest = (
+            bytes.fromhex(fingerprint.embedding_sha256) if fingerprint else self.UNSET
+        )
+        self.register_buffer("digest", torch.tensor(list(digest), dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        stored = state_dict.get(prefix + "digest")
+        if stored is not None and self.fingerprint is not None:
+            digest = bytes(int(round(value)) for value in stored.tolist())
+            if digest not in (
+                self.UNSET,
+                bytes.fromhex(self.fingerprint.embedding_sha256),
+            ):
+                raise LLMMismatchError(
+                    "this checkpoint was trained for an LLM whose embeddings hash to "
+                    f"{digest.hex()[:12]}…, but the LLM given is "
+                    f"{self.fingerprint.describe()}; pass the LLM it was trained with (--llm)"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """The LLM's chat template cut around the user's content, as token ids.
+
+    A single-turn prompt is ``prefix + <user content> + suffix``; the suffix ends with the
+    assistant header (the generation prompt). A training target is ``response + turn_end``.
+    """
+
+    prefix: List[int]
+    suffix: List[int]
+    turn_end: List[int]
+
+
+@dataclass
+class LLMInputs:
+    """A left-padded batch for the LLM: every sequence ends at the last position."""
+
+    inputs_embeds: torch.Tensor  # (batch, length, hidden)
+    attention_mask: torch.Tensor  # (batch, length), 1 for real positions
+    position_ids: torch.Tensor  # (batch, length), counted from each sequence's start
+
+
+PromptPiece = Union[
+    List[int], torch.Tensor
+]  # token ids, or vectors (n, hidden) to splice in
+
+
+class FrozenLLM:
+    """A Hugging Face causal LM with its tokenizer, frozen and held outside the ESPnet model."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+    ):
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(
+                f"llm dtype must be auto or one of {list(DTYPES)}: {dtype}"
+            )
+        self.name_or_path = str(name_or_path)
+        self.dtype_option = dtype
+        self.trust_remote_code = trust_remote_code
+        self.config = AutoConfig.from_pretrained(
+            self.name_or_path, trust_remote_code=trust_remote_code
+        ).get_text_config()
+        self.device = torch.device("cpu")
+        self._embeddings: Optional[torch.Tensor] = None
+        self._model: Optional[torch.nn.Module] = None
+        self._embeddings_by_dtype: Dict[torch.dtype, torch.Tensor] = {}
+
+    # -- what it is --------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding matrix; may exceed ``len(tokenizer)`` (padded vocabularies)."""
+        return self.config.vocab_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.dtype_option != "auto":
+            return DTYPES[self.dtype_option]
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.name_or_path, self.trust_remote_code)
+
+    @cached_property
+    def fingerprint(self) -> LLMFingerprint:
+        return LLMFingerprint.of(self.name_or_path, self.embeddings)
+
+    # -- weights -----------------------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the full model (not only its embeddings) is in memory."""
+        return self._model is not None
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The input-embedding matrix ``E`` (vocab, hidden) on `device`, never trainable."""
+        if self._model is not None:
+            return self._model.get_input_embeddings().weight
+        if self._embeddings is None:
+            logging.info(f"Reading the input embeddings of {self.name_or_path}")
+            self._embeddings = load_embeddings(
+                self.name_or_path, self.trust_remote_code
+            ).to(self.device, self.dtype)
+        return self._embeddings
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The full causal LM, loaded on first use straight onto `device`."""
+        if self._model is None:
+            logging.info(
+                f"Loading the frozen LLM {self.name_or_path} ({self.dtype}, {self.device})"
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                self.name_or_path,
+                dtype=self.dtype,
+                device_map={"": self.device},
+                trust_remote_code=self.trust_remote_code,
+            )
+            model.eval().requires_grad_(False)
+            self._model = model
+            self._embeddings = None  # the model holds its own copy
+            self._embeddings_by_dtype.clear()
+        return self._model
+
+    def to(self, device: Union[str, torch.device]) -> "FrozenLLM":
+        """Follow the speech tokenizer to `device`; the dtype follows the device (see `dtype`)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device != self.device:
+            self.device = device
+            if self._model is not None:
+                self._model.to(device=device, dtype=self.dtype)
+            if self._embeddings is not None:
+                self._embeddings = self._embeddings.to(device, self.dtype)
+            self._embeddings_by_dtype.clear()
+        return self
+
+    def embeddings_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """``E`` in `dtype`, converted once and cached (for logits against float32 vectors)."""
+        if dtype == self.embeddings.dtype:
+            return self.embeddings
+        if dtype not in self._embeddings_by_dtype:
+            self._embeddings_by_dtype[dtype] = self.embeddings.to(dtype)
+        return self._embeddings_by_dtype[dtype]
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``E[token_ids]``."""
+        return torch.nn.functional.embedding(token_ids, self.embeddings)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def tokenize(self, text: str) -> List[int]:
+        """Token ids of plain text, as the speech tokenizer is trained to produce them."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_layout(
+        self, system: Optional[str] = None, user_template: str = SPEECH_PLACEHOLDER
+    ) -> PromptLayout:
+        """Cut the LLM's own chat template around the user's content.
+
+        `user_template` wraps the content (speech vectors or transcript tokens), e.g.
+        ``"Continue this text: {speech}"``. The template is rendered as text with a slot string
+        in place of the content and tokenized piece by piece with ``add_special_tokens=False``,
+        as ``apply_chat_template(tokenize=True)`` does with the whole text.
+        """
+        if user_template.count(SPEECH_PLACEHOLDER) != 1:
+            raise PromptError(
+                f"the user template must contain {SPEECH_PLACEHOLDER} once: {user_template!r}"
+            )
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append(
+            {
+                "role": "user",
+                "content": user_template.replace(SPEECH_PLACEHOLDER, _SLOT),
+            }
+        )
+        prompt = self._render(messages, add_generation_prompt=True)
+        conversation = self._render(
+            messages + [{"role": "assistant", "content": _RESPONSE}],
+            add_generation_prompt=False,
+        )
+        if prompt.count(_SLOT) != 1 or conversation.count(_RESPONSE) != 1:
+            raise PromptError(
+                f"the chat template of {self.name_or_path} does not keep the message "
+                "content verbatim, so the speech cannot be placed in it"
+            )
+        prefix, suffix = prompt.split(_SLOT)
+        turn_end = self.tokenize(conversation.split(_RESPONSE)[1].rstrip())
+        if not turn_end:  # a template that does not close the assistant turn
+            turn_end = [self.tokenizer.eos_token_id]
+        return PromptLayout(self.tokenize(prefix), self.tokenize(suffix), turn_end)
+
+    def _render(
+        self, messages: List[Dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        if self.tokenizer.chat_template is None:
+            raise PromptError(
+                f"{self.name_or_path}: the tokenizer has no chat template"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def build_inputs(self, prompts: Sequence[Sequence[PromptPiece]]) -> LLMInputs:
+        """Embed a batch of prompts whose pieces are token ids or vectors to splice in.
+
+        Each prompt is packed on its own and the batch is padded once, on the left, so no
+        padding ever sits inside a sequence and every sequence ends at the last position.
+        Vector pieces replace placeholder positions through one `masked_scatter`; the number of
+        placeholders must equal the number of vectors.
+        """
+        ids, is_vector = [], []
+        for pieces in prompts:
+            sample_ids: List[int] = []
+            sample_mask: List[bool] = []
+            for piece in pieces:
+                if isinstance(piece, torch.Tensor):
+                    sample_ids += [0] * piece.shape[0]
+                    sample_mask += [True] * piece.shape[0]
+                else:
+                    sample_ids += list(piece)
+                    sample_mask += [False] * len(piece)
+            ids.append(sample_ids)
+            is_vector.append(sample_mask)
+        length = max(len(sample) for sample in ids)
+        pad = length - torch.tensor([len(sample) for sample in ids])
+        token_ids = torch.tensor([[0] * p + s for p, s in zip(pad.tolist(), ids)])
+        slots = torch.tensor([[False] * p + m for p, m in zip(pad.tolist(), is_vector)])
+        attention_mask = torch.arange(length)[None, :] >= pad[:, None]
+
+        token_ids, slots = token_ids.to(self.device), slots.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        inputs_embeds = self.embed(token_ids)
+        vectors = [
+            p for pieces in prompts for p in pieces if isinstance(p, torch.Tensor)
+        ]
+        n_vectors = sum(v.shape[0] for v in vectors)
+        if int(slots.sum()) != n_vectors:
+            raise PromptError(
+                f"{n_vectors} vectors for {int(slots.sum())} placeholder positions"
+            )
+        if vectors:
+            spliced = torch.cat(vectors).to(self.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], spliced)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return LLMInputs(inputs_embeds, attention_mask.long(), position_ids)
+
+    # -- running the LLM ---------------------------------------------------------------------
+    def last_logits(self, inputs: LLMInputs, n_positions: int) -> torch.Tensor:
+        """Logits of the last `n_positions` positions, (batch, n_positions, vocab).
+
+        With left padding every response ends at the last position, so the logits that
+        predict the responses are among the last ones; asking only for those keeps a
+        (batch, length, 152k) tensor out of memory.
+        """
+        kwargs = dict(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        )
+        if self._supports_logits_to_keep:
+            kwargs["logits_to_keep"] = n_positions
+        return self.model(**kwargs).logits[:, -n_positions:]
+
+    @cached_property
+    def _supports_logits_to_keep(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    @cached_property
+    def stop_token_ids(self) -> List[int]:
+        """Tokens that end a response: the generation config's, the tokenizer's, the turn end."""
+        stops = self.model.generation_config.eos_token_id
+        stops = set([stops] if isinstance(stops, int) else stops or [])
+        if self.tokenizer.eos_token_id is not None:
+            stops.add(self.tokenizer.eos_token_id)
+        stops.add(self.prompt_layout().turn_end[0])
+        return sorted(stops)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: LLMInputs,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        streamer=None,
+    ) -> List[str]:
+        """Answer a batch of prompts; greedy unless `do_sample`."""
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+        pad_id = self.tokenizer.pad_token_id
+        output = self.model.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            repetition_penalty=repetition_penalty,
+            pad_token_id=self.stop_token_ids[0] if pad_id is None else pad_id,
+            eos_token_id=self.stop_token_ids,
+            streamer=streamer,
+            **(sampling if do_sample else {}),
+        )
+        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [text.strip() for text in texts]

@@ -1,0 +1,341 @@
+"""`AlignChatModel`: the speech tokenizer and its two training modes, as an ESPnet model.
+
+``pretrain`` (stage 1) aligns the decoder's vectors ``z_i`` with the LLM's embedding rows
+``E[y_i]`` of the transcript's LLM tokens; it needs ``E`` alone, never the LLM's layers.
+``instruct`` (stage 2) splices the teacher-forced ``z`` into the LLM's chat template in place of
+the user's words, runs the frozen LLM once and trains on the LLM's own (self-generated) answer
+to the text; the stage-1 losses stay on (``align_weight``) so the tokenizer keeps transcribing.
+"""
+
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet_alignchat.decoder import SpeechTokenDecoder
+from espnet_alignchat.llm import FingerprintBuffer, FrozenLLM, PromptLayout
+from espnet_alignchat.search import (
+    Hypothesis,
+    beam_search,
+    greedy_search,
+    length_limits,
+)
+
+MODES = ("pretrain", "instruct")
+OUTPUT_MODES = ("continuous", "snap")
+IGNORE_ID = -1  # padding of token-id sequences (as ESPnet's ASR task); never an LLM id
+
+
+class AlignChatModel(AbsESPnetModel):
+    """Speech → one vector per LLM token of the transcript, trained against a frozen LLM.
+
+    Args (``model_conf``):
+        mode: ``pretrain`` (stage 1, embeddings only) or ``instruct`` (stage 2, through the LLM).
+        end_token_id: LLM token that ends the transcript (default: the tokenizer's EOS).
+        ce_weight: cross-entropy of the token logits ``z·Eᵀ / τ``.
+        cosine_weight: ``1 - cos(z_i, E[y_i])``.
+        nmse_weight: ``||z_i - E[y_i]||² / ||E[y_i]||²`` (keeps ``z`` at the scale of ``E``).
+        ctc_weight: CTC on the encoder output, scored against ``E`` plus a blank vector.
+        logit_temperature: τ of the token logits.
+        normalize_logits: score tokens by cosine (``True``) instead of dot product.
+        label_smoothing: of the token cross-entropy.
+        align_weight: weight of the stage-1 losses above in ``instruct`` mode.
+        response_weight: cross-entropy of the LLM's answer given the speech (``instruct``).
+        kl_weight: KL from the LLM's text-conditioned to its speech-conditioned distribution
+            over the answer's positions (``instruct``; costs one extra no-grad LLM forward).
+        extract_feats_in_collect_stats: ESPnet's flag; feature statistics need the frontend.
+    """
+
+    def __init__(
+        self,
+        llm: FrozenLLM,
+        fingerprint: FingerprintBuffer,
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        decoder: SpeechTokenDecoder,
+        system_prompt: Optional[str],
+        user_template: str,
+        mode: str = "pretrain",
+        end_token_id: Optional[int] = None,
+        ce_weight: float = 1.0,
+        cosine_weight: float = 1.0,
+        nmse_weight: float = 0.0,
+        ctc_weight: float = 0.0,
+        logit_temperature: float = 0.1,
+        normalize_logits: bool = True,
+        label_smoothing: float = 0.0,
+        align_weight: float = 1.0,
+        response_weight: float = 1.0,
+        kl_weight: float = 0.0,
+        extract_feats_in_collect_stats: bool = True,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"model_conf.mode must be one of {MODES}: {mode}")
+        self.llm = llm  # a plain object, so not a submodule: see espnet_alignchat.llm
+        self.llm_fingerprint = fingerprint
+        self.frontend = frontend
+        self.specaug = specaug
+        self.normalize = normalize
+        self.encoder = encoder
+        self.decoder = decoder
+        self.system_prompt = system_prompt
+        self.user_template = user_template
+        self.mode = mode
+        self.end_token_id = end_token_id
+        self.weights = dict(
+            ce=ce_weight, cos=cosine_weight, nmse=nmse_weight, ctc=ctc_weight
+        )
+        self.logit_temperature = logit_temperature
+        self.normalize_logits = normalize_logits
+        self.label_smoothing = label_smoothing
+        self.align_weight = align_weight
+        self.response_weight = response_weight
+        self.kl_weight = kl_weight
+        self.extract_feats_in_collect_stats = extract_feats_in_collect_stats
+        if (
+            ctc_weight > 0
+        ):  # created only when used: DDP wants every parameter to get a grad
+            self.ctc_proj = torch.nn.Linear(encoder.output_size(), llm.hidden_size)
+            self.ctc_blank = torch.nn.Parameter(torch.randn(llm.hidden_size) * 0.02)
+
+    # -- shared pieces -----------------------------------------------------------------------
+    @cached_property
+    def prompt_layout(self) -> PromptLayout:
+        return self.llm.prompt_layout(self.system_prompt, self.user_template)
+
+    def token_logits(
+        self, z: torch.Tensor, extra_rows: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Logits over the LLM vocabulary (plus `extra_rows`, e.g. a CTC blank) for vectors z."""
+        table = self.llm.embeddings_as(z.dtype)
+        if extra_rows is not None:
+            table = torch.cat([table, extra_rows.to(table.dtype)])
+        if self.normalize_logits:
+            logits = F.normalize(z, dim=-1) @ table.T
+            logits = logits / table.norm(dim=-1).clamp(min=1e-6)
+        else:
+            logits = z @ table.T
+        return logits / self.logit_temperature
+
+    def encode(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Frontend, SpecAugment (training only), normalization and encoder."""
+        with torch.autocast(speech.device.type, enabled=False):
+            feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+            if self.specaug is not None and self.training:
+                feats, feats_lengths = self.specaug(feats, feats_lengths)
+            if self.normalize is not None:
+                feats, feats_lengths = self.normalize(feats, feats_lengths)
+        encoder_out, encoder_lengths, _ = self.encoder(feats, feats_lengths)
+        if isinstance(encoder_out, tuple):  # encoders with intermediate CTC outputs
+            encoder_out = encoder_out[0]
+        return encoder_out, encoder_lengths
+
+    def _extract_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor):
+        speech = speech[:, : speech_lengths.max()]  # DataParallel pads to the longest
+        if self.frontend is None:
+            return speech, speech_lengths
+        return self.frontend(speech, speech_lengths)
+
+    def collect_feats(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
+    ) -> Dict[str, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        return {"feats": feats, "feats_lengths": feats_lengths}
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        response: Optional[torch.Tensor] = None,
+        response_lengths: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Stage-1 losses, plus in ``instruct`` mode the answer loss through the frozen LLM.
+
+        `text` and `response` are LLM token ids padded with -1; ``**kwargs`` takes what the
+        trainer adds (``utt_id``).
+        """
+        self.llm.to(speech.device)
+        text = text[:, : text_lengths.max()]
+        self._check_token_ids("text", text)
+        memory, memory_lengths = self.encode(speech, speech_lengths)
+        valid = text != IGNORE_ID
+        previous = self.llm.embed(text.clamp(min=0)) * valid[..., None]
+        z = self.decoder(memory, memory_lengths, previous)  # (batch, N + 1, D)
+
+        loss, stats = self._alignment_losses(
+            z, text, text_lengths, memory, memory_lengths
+        )
+        if self.mode == "instruct":
+            if response is None:
+                raise ValueError(
+                    "model_conf.mode=instruct needs a 'response' data entry per utterance"
+                )
+            self._check_token_ids("response", response)
+            answer_loss, answer_stats = self._answer_losses(
+                z, text, text_lengths, response, response_lengths
+            )
+            loss = self.align_weight * loss + answer_loss
+            stats.update(answer_stats)
+        stats["loss"] = loss.detach()
+        return force_gatherable((loss, stats, speech.shape[0]), loss.device)
+
+    def _check_token_ids(self, name: str, ids: torch.Tensor) -> None:
+        if int(ids.max()) >= self.llm.vocab_size:
+            raise ValueError(
+                f"{name} has token id {int(ids.max())}, but the LLM has "
+                f"{self.llm.vocab_size} embedding rows: was it tokenized for another LLM?"
+            )
+
+    def _targets(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """The transcript followed by the end token, padded with -1: (batch, N + 1)."""
+        targets = F.pad(text, (0, 1), value=IGNORE_ID)
+        targets[torch.arange(len(text)), text_lengths] = self.end_token_id
+        return targets
+
+    def _alignment_losses(self, z, text, text_lengths, memory, memory_lengths):
+        targets = self._targets(text, text_lengths)
+        valid = targets != IGNORE_ID
+        z_valid, y_valid = z[valid], targets[valid]
+        logits = self.token_logits(z_valid)
+        target_vectors = self.llm.embed(y_valid).to(z_valid.dtype)
+        losses = {
+            "ce": F.cross_entropy(
+                logits.float(), y_valid, label_smoothing=self.label_smoothing
+            ),
+            "cos": 1 - F.cosine_similarity(z_valid, target_vectors, dim=-1).mean(),
+            "nmse": (
+                (z_valid - target_vectors).pow(2).sum(-1)
+                / target_vectors.pow(2).sum(-1).clamp(min=1e-8)
+            ).mean(),
+        }
+        if self.weights["ctc"] > 0:
+            losses["ctc"] = self._ctc_loss(memory, memory_lengths, text, text_lengths)
+        loss = sum(self.weights[name] * value for name, value in losses.items())
+        stats = {f"loss_{name}": value.detach() for name, value in losses.items()}
+        stats["acc"] = (logits.argmax(-1) == y_valid).float().mean().detach()
+        return loss, stats
+
+    def _ctc_loss(self, memory, memory_lengths, text, text_lengths):
+        """CTC whose classes are the LLM's tokens (scored like z) and one learned blank."""
+        logits = self.token_logits(self.ctc_proj(memory), self.ctc_blank[None])
+        log_probs = (
+            logits.float().log_softmax(-1).transpose(0, 1)
+        )  # (frames, batch, V + 1)
+        return F.ctc_loss(
+            log_probs,
+            text.clamp(min=0),
+            memory_lengths,
+            text_lengths,
+            blank=self.llm.vocab_size,
+            zero_infinity=True,
+        )
+
+    def _answer_losses(self, z, text, text_lengths, response, response_lengths):
+        """Cross-entropy (and KL to the text-conditioned LLM) on the self-generated answer."""
+        layout = self.prompt_layout
+        answers = [
+            row[:length].tolist() + layout.turn_end
+            for row, length in zip(response, response_lengths)
+        ]
+        transcripts = [row[:length] for row, length in zip(text, text_lengths)]
+        speech_prompts = [
+            [layout.prefix, vectors[: len(ids)], layout.suffix, answer]
+            for vectors, ids, answer in zip(z, transcripts, answers)
+        ]
+        span = max(len(answer) for answer in answers)
+        # Left padding: position -k-1 predicts the token at -k, so span + 1 logits suffice.
+        logits = self.llm.last_logits(self.llm.build_inputs(speech_prompts), span + 1)
+        logits = logits[:, :-1].float()
+        labels = torch.full((len(answers), span), IGNORE_ID, device=logits.device)
+        for row, answer in enumerate(answers):
+            labels[row, span - len(answer) :] = torch.tensor(answer)
+        valid = labels != IGNORE_ID
+        loss_response = F.cross_entropy(logits[valid], labels[valid])
+        stats = {
+            "loss_response": loss_response.detach(),
+            "acc_response": (logits[valid].argmax(-1) == labels[valid])
+            .float()
+            .mean()
+            .detach(),
+        }
+        loss = self.response_weight * loss_response
+        if self.kl_weight > 0:
+            # One token per vector: the text prompt has the speech prompt's exact layout,
+            # so the answer sits at the same positions in both.
+            with torch.no_grad():
+                text_prompts = [
+                    [layout.prefix, ids.tolist(), layout.suffix, answer]
+                    for ids, answer in zip(transcripts, answers)
+                ]
+                text_logits = self.llm.last_logits(
+                    self.llm.build_inputs(text_prompts), span + 1
+                )[:, :-1].float()
+            loss_kl = F.kl_div(
+                logits[valid].log_softmax(-1),
+                text_logits[valid].log_softmax(-1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            loss = loss + self.kl_weight * loss_kl
+            stats["loss_kl"] = loss_kl.detach()
+        return loss, stats
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def transcribe(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        beam_size: int = 1,
+        maxlenratio: float = 1.0,
+        max_tokens: int = 512,
+        length_bonus: float = 0.0,
+        output_mode: str = "continuous",
+    ) -> List[Hypothesis]:
+        """Decode LLM tokens and their vectors for a batch of waveforms.
+
+        ``output_mode`` says what each hypothesis' ``vectors`` hold for the LLM: the decoder's
+        own ``z`` (``continuous``) or the embeddings ``E[token]`` of the decoded ids (``snap``).
+        """
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(
+                f"output_mode must be one of {OUTPUT_MODES}: {output_mode}"
+            )
+        self.llm.to(speech.device)
+        memory, memory_lengths = self.encode(speech, speech_lengths)
+        search = dict(
+            decoder=self.decoder,
+            memory=memory,
+            memory_lengths=memory_lengths,
+            logits_fn=self.token_logits,
+            embed_fn=self.llm.embed,
+            end_id=self.end_token_id,
+            limits=length_limits(memory_lengths, maxlenratio, max_tokens),
+        )
+        if beam_size > 1:
+            hypotheses = beam_search(
+                **search, beam_size=beam_size, length_bonus=length_bonus
+            )
+        else:
+            hypotheses = greedy_search(**search)
+        if output_mode == "snap":
+            for hypothesis in hypotheses:
+                ids = torch.tensor(hypothesis.token_ids, device=memory.device)
+                hypothesis.vectors = self.llm.embed(ids)
+        return hypotheses

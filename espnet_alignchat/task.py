@@ -1,0 +1,236 @@
+"""`AlignChatTask`: AlignChat as an ESPnet task, trained by ESPnet's own `Trainer`.
+
+Frontend, SpecAugment, normalization and encoder are ESPnet `ClassChoices`; the decoder and the
+losses are configured by ``decoder_conf`` and ``model_conf``; the frozen LLM by ``--llm`` and its
+options. A stage-1 (``mode: pretrain``) model reads only the LLM's embedding matrix, and
+``--collect_stats`` does not touch the LLM's weights at all.
+"""
+
+import argparse
+import dataclasses
+from typing import Callable, Collection, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.encoder.branchformer_encoder import BranchformerEncoder
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from espnet2.asr.encoder.e_branchformer_encoder import EBranchformerEncoder
+from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.frontend.default import DefaultFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.asr.specaug.specaug import SpecAug
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.layers.global_mvn import GlobalMVN
+from espnet2.layers.utterance_mvn import UtteranceMVN
+from espnet2.tasks.abs_task import AbsTask
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.trainer import Trainer
+from espnet2.utils.get_default_kwargs import get_default_kwargs
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import int_or_none, str2bool, str_or_none
+
+from espnet_alignchat.decoder import SpeechTokenDecoder
+from espnet_alignchat.llm import (
+    DTYPES,
+    SPEECH_PLACEHOLDER,
+    FingerprintBuffer,
+    FrozenLLM,
+    LLMFingerprint,
+)
+from espnet_alignchat.model import IGNORE_ID, AlignChatModel
+from espnet_alignchat.preprocessor import AlignChatPreprocessor
+
+frontend_choices = ClassChoices(
+    name="frontend",
+    classes=dict(default=DefaultFrontend),
+    type_check=AbsFrontend,
+    default="default",
+)
+specaug_choices = ClassChoices(
+    name="specaug",
+    classes=dict(specaug=SpecAug),
+    type_check=AbsSpecAug,
+    default=None,
+    optional=True,
+)
+normalize_choices = ClassChoices(
+    "normalize",
+    classes=dict(global_mvn=GlobalMVN, utterance_mvn=UtteranceMVN),
+    type_check=AbsNormalize,
+    default="utterance_mvn",
+    optional=True,
+)
+encoder_choices = ClassChoices(
+    "encoder",
+    classes=dict(
+        conformer=ConformerEncoder,
+        transformer=TransformerEncoder,
+        e_branchformer=EBranchformerEncoder,
+        branchformer=BranchformerEncoder,
+    ),
+    type_check=AbsEncoder,
+    default="conformer",
+)
+
+
+class AlignChatTask(AbsTask):
+    num_optimizers: int = 1
+    class_choices_list = [
+        frontend_choices,
+        specaug_choices,
+        normalize_choices,
+        encoder_choices,
+    ]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(description="Task related")
+        # `required` is checked after parsing, so that --print_config works without it.
+        required = parser.get_default("required")
+        required += ["llm"]
+        group.add_argument(
+            "--llm",
+            type=str_or_none,
+            default=None,
+            help="The frozen LLM: a Hugging Face hub id or a local model directory",
+        )
+        group.add_argument(
+            "--llm_dtype",
+            type=str,
+            default="auto",
+            choices=["auto", *DTYPES],
+            help="dtype of the frozen LLM (auto: bfloat16 on GPU, float32 on CPU)",
+        )
+        group.add_argument(
+            "--trust_remote_code",
+            type=str2bool,
+            default=False,
+            help="Let transformers run the LLM repository's own code",
+        )
+        group.add_argument(
+            "--system_prompt",
+            type=str_or_none,
+            default=None,
+            help="System message of the LLM's chat template (none by default)",
+        )
+        group.add_argument(
+            "--user_template",
+            type=str,
+            default=SPEECH_PLACEHOLDER,
+            help="The user turn, with {speech} where the speech (or transcript) goes",
+        )
+        group.add_argument(
+            "--llm_fingerprint",
+            action=NestedDictAction,
+            default=None,
+            help="Set by training: identifies the LLM the model was trained for; "
+            "a model is refused with another LLM",
+        )
+        group.add_argument(
+            "--input_size",
+            type=int_or_none,
+            default=None,
+            help="Feature dimension when features come from the data, not the frontend",
+        )
+        group.add_argument(
+            "--decoder_conf",
+            action=NestedDictAction,
+            default=get_default_kwargs(SpeechTokenDecoder),
+            help="Keyword arguments of the speech-token decoder",
+        )
+        group.add_argument(
+            "--model_conf",
+            action=NestedDictAction,
+            default=get_default_kwargs(AlignChatModel),
+            help="Keyword arguments of AlignChatModel (mode and losses)",
+        )
+        group = parser.add_argument_group(description="Preprocess related")
+        group.add_argument(
+            "--use_preprocessor",
+            type=str2bool,
+            default=True,
+            help="Tokenize text/response with the LLM's tokenizer while loading data",
+        )
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
+        [Collection[Tuple[str, Dict[str, np.ndarray]]]],
+        Tuple[List[str], Dict[str, torch.Tensor]],
+    ]:
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=IGNORE_ID)
+
+    @classmethod
+    def build_preprocess_fn(
+        cls, args: argparse.Namespace, train: bool
+    ) -> Optional[Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]]:
+        if not args.use_preprocessor:
+            return None
+        return AlignChatPreprocessor(args.llm, args.trust_remote_code)
+
+    @classmethod
+    def required_data_names(
+        cls, train: bool = True, inference: bool = False
+    ) -> Tuple[str, ...]:
+        return ("speech",) if inference else ("speech", "text")
+
+    @classmethod
+    def optional_data_names(
+        cls, train: bool = True, inference: bool = False
+    ) -> Tuple[str, ...]:
+        return ("text", "response") if inference else ("response",)
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> AlignChatModel:
+        llm = FrozenLLM(args.llm, args.llm_dtype, args.trust_remote_code)
+        fingerprint = None
+        if not args.collect_stats:  # feature statistics need no LLM weights
+            fingerprint = llm.fingerprint
+            if (
+                args.llm_fingerprint
+            ):  # a trained model's config: it must be the same LLM
+                fingerprint.check_same_llm(LLMFingerprint(**args.llm_fingerprint))
+            args.llm_fingerprint = dataclasses.asdict(fingerprint)
+
+        if args.input_size is None:
+            frontend = frontend_choices.get_class(args.frontend)(**args.frontend_conf)
+            input_size = frontend.output_size()
+        else:
+            args.frontend, args.frontend_conf = None, {}
+            frontend, input_size = None, args.input_size
+        specaug = (
+            specaug_choices.get_class(args.specaug)(**args.specaug_conf)
+            if args.specaug is not None
+            else None
+        )
+        normalize = (
+            normalize_choices.get_class(args.normalize)(**args.normalize_conf)
+            if args.normalize is not None
+            else None
+        )
+        encoder = encoder_choices.get_class(args.encoder)(
+            input_size=input_size, **args.encoder_conf
+        )
+        decoder = SpeechTokenDecoder(
+            llm.hidden_size, encoder.output_size(), **args.decoder_conf
+        )
+        if args.model_conf.get("end_token_id") is None:
+            # Written into config.yaml, so inference uses the id the model was trained with.
+            args.model_conf["end_token_id"] = llm.tokenizer.eos_token_id
+        return AlignChatModel(
+            llm=llm,
+            fingerprint=FingerprintBuffer(fingerprint),
+            frontend=frontend,
+            specaug=specaug,
+            normalize=normalize,
+            encoder=encoder,
+            decoder=decoder,
+            system_prompt=args.system_prompt,
+            user_template=args.user_template,
+            **args.model_conf,
+        )

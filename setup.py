@@ -1,0 +1,42 @@
+"""espnet-alignchat: end-to-end speech-to-text chat for a frozen LLM, as an ESPnet plugin."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# espnet 202511 pins setuptools<74, which rules out torch>=2.13 (it needs setuptools>=77),
+# and espnet2.tasks imports torchaudio, whose newest release (2.11.0) pins torch 2.11.0.
+install_requires = [
+    "espnet==202511",
+    "torch==2.11.0",
+    "torchaudio==2.11.0",
+    "transformers>=4.56",
+    "accelerate",  # transformers needs it to load a model straight onto a device
+    "safetensors",
+    "sentencepiece",
+    "kaldiio",
+    "pyyaml",
+    "soundfile",
+    "sacrebleu",
+    "tensorboard",
+    "matplotlib",
+    "tqdm",
+]
+
+setup(
+    name="espnet-alignchat",
+    version="0.1.0",
+    description="AlignChat for ESPnet: a speech tokenizer aligned one-to-one with a frozen LLM's tokens",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["espnet_alignchat", "espnet_alignchat.*"]),
+    install_requires=install_requires,
+    extras_require={"test": ["pytest>=7", "black", "isort"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,242 @@
+"""Tests of the embedded mini world, its synthesis and the mini chat LLM trainer.
+
+Run: python -m pytest tests/test_mini_world.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
+
+import mini_world  # noqa: E402
+import synthesize  # noqa: E402
+import train_mini_llm  # noqa: E402
+
+N = {w: i for i, w in enumerate(mini_world.NUMBERS)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    mini_world.main(["--out_dir", str(out), "--seed", "0"])
+    return out
+
+
+def read(world: Path, name: str) -> list[dict]:
+    return train_mini_llm.read_jsonl(world / name)
+
+
+def test_sizes_kinds_and_disjoint_splits(world: Path) -> None:
+    qa = {s: read(world, f"qa_{s}.jsonl") for s in mini_world.SPLITS}
+    questions = {s: {r["question"] for r in rows} for s, rows in qa.items()}
+    assert len(questions["train"]) == len(qa["train"]) >= 2000
+    assert len({r["kind"] for r in qa["test"]}) >= 8
+    assert not questions["test"] & (questions["train"] | questions["dev"])
+    assert not questions["dev"] & questions["train"]
+    train_words = {w for r in qa["train"] for w in r["question"].split()}
+    assert {w for r in qa["test"] for w in r["question"].split()} <= train_words
+    sentences = {r["text"] for r in read(world, "sentences_train.jsonl")}
+    assert len(sentences) == 600 and not sentences & questions["train"]
+
+
+def test_voices_split(world: Path) -> None:
+    speakers = {
+        s: {r["speaker"] for r in read(world, f"plan_{s}.jsonl")}
+        for s in mini_world.SPLITS
+    }
+    assert len(speakers["train"]) >= 6 and len(speakers["test"]) >= 2
+    assert not speakers["test"] & (speakers["train"] | speakers["dev"])
+
+
+def test_memorised_test_facts_are_taught_in_train() -> None:
+    splits = mini_world.build_questions(0, mini_world.load_facts())
+    train = {q.fact for q in splits["train"]}
+    memorised = {k.name for k in mini_world.KINDS if k.memorised}
+    held = [q for q in splits["test"] + splits["dev"] if q.kind in memorised]
+    assert held and all(q.fact in train for q in held)
+
+
+def oracle(question: str) -> str | None:
+    """Independent answers for the rule-based kinds, parsed from the question text."""
+    rules = [
+        (r"what is (\w+) plus (\w+)", lambda a, b: N[a] + N[b]),
+        (r"add (\w+) and (\w+)", lambda a, b: N[a] + N[b]),
+        (r"what is (\w+) minus (\w+)", lambda a, b: N[a] - N[b]),
+        (r"take (\w+) from (\w+)", lambda b, a: N[a] - N[b]),
+        (r"what is (\w+) times (\w+)", lambda a, b: N[a] * N[b]),
+        (r"multiply (\w+) by (\w+)", lambda a, b: N[a] * N[b]),
+        (r"which is bigger (\w+) or (\w+)", lambda a, b: max(N[a], N[b])),
+        (r"which is smaller (\w+) or (\w+)", lambda a, b: min(N[a], N[b])),
+        (r"what (?:number )?comes after (\w+)", lambda a: N[a] + 1),
+        (r"what (?:number )?comes before (\w+)", lambda a: N[a] - 1),
+        (r"(?:count the words|how many words in) (.+)", lambda x: len(x.split())),
+    ]
+    for pattern, rule in rules:
+        m = re.fullmatch(pattern, question)
+        if m:
+            return mini_world.NUMBERS[rule(*m.groups())]
+    m = re.fullmatch(r"is (\w+) (bigger|smaller) than (\w+)", question)
+    if m:
+        a, rel, b = m.groups()
+        return "yes" if (N[a] > N[b]) == (rel == "bigger") else "no"
+    m = re.fullmatch(r"(?:how do you )?spell (\w+)", question)
+    if m:
+        return " ".join(m.group(1))
+    m = re.fullmatch(r"(?:repeat after me|say) (.+)", question)
+    return m.group(1) if m else None
+
+
+def test_answers_are_correct(world: Path) -> None:
+    animals = {a.name: a for a in mini_world.load_facts()}
+    checked = 0
+    for split in mini_world.SPLITS:
+        for row in read(world, f"qa_{split}.jsonl"):
+            expected = oracle(row["question"])
+            if expected is not None:
+                assert row["answer"] == expected, row
+                checked += 1
+    assert checked > 2000
+    facts = {r["question"]: r["answer"] for r in read(world, "qa_train.jsonl")}
+    assert facts.get("what color is a frog", animals["frog"].color) == "green"
+    for q, a in facts.items():
+        m = re.fullmatch(r"is a (\w+) (\w+)", q)
+        if m:
+            assert a == ("yes" if animals[m.group(1)].color == m.group(2) else "no")
+
+
+def test_world_is_deterministic(world: Path, tmp_path: Path) -> None:
+    mini_world.main(["--out_dir", str(tmp_path), "--seed", "0"])
+    for path in world.iterdir():
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_tokenizer_piecewise_property(world: Path) -> None:
+    words = (world / "words.txt").read_text().split()
+    tok = train_mini_llm.build_tokenizer(words)
+    assert tok.eos_token == "<|eot|>" and tok.pad_token_id is not None
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(words) and tok.unk_token_id not in ids
+    assert tok.decode(ids) == " ".join(words)
+    pieces = train_mini_llm.prompt_pieces(tok)
+    for row in read(world, "qa_test.jsonl")[:50]:
+        chat = [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["answer"]},
+        ]
+        whole = tok(
+            tok.apply_chat_template(chat, tokenize=False), add_special_tokens=False
+        )
+        ids, labels = train_mini_llm.encode_example(
+            tok, pieces, row["question"], row["answer"]
+        )
+        # The rendered assistant turn ends with "<|eot|>\n"; the trained layout stops at <|eot|>.
+        assert whole["input_ids"] == ids
+        assert [t for t in labels if t != train_mini_llm.IGNORE][-1] == tok.eos_token_id
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+    reason="no espeak-ng/sox",
+)
+def test_synthesis_two_utterances(
+    tmp_path: Path,
+    world: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(
+        tmp_path
+    )  # a relative --audio_dir must still give absolute wav.scp paths
+    plan = tmp_path / "plan.jsonl"
+    rows = [
+        {
+            "utt": "tr02-q1",
+            "speaker": "tr02",
+            "text": "what is two plus two",
+            "kind": "arithmetic",
+            "answer": "four",
+        },
+        {
+            "utt": "tr01-s1",
+            "speaker": "tr01",
+            "text": "the red cow sleeps",
+            "kind": "sentence",
+        },
+        {
+            "utt": "bad1-s2",
+            "speaker": "bad1",
+            "text": "the red cow sleeps",
+            "kind": "sentence",
+        },
+    ]
+    plan.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    voices = tmp_path / "voices.tsv"
+    voices.write_text(
+        (world / "voices.tsv").read_text() + "bad1\tno-such-voice\t150\t50\ttrain\n"
+    )
+    data = tmp_path / "data"
+    argv = [
+        "--plan",
+        str(plan),
+        "--voices",
+        str(voices),
+        "--audio_dir",
+        "wav",
+        "--data_dir",
+        str(data),
+    ]
+    synthesize.main(argv + ["--nj", "2"])
+    assert "skipped bad1-s2" in capsys.readouterr().out
+    lines = {f.name: f.read_text().splitlines() for f in data.iterdir()}
+    assert [x.split()[0] for x in lines["wav.scp"]] == ["tr01-s1", "tr02-q1"]
+    assert lines["text"] == [
+        "tr01-s1 the red cow sleeps",
+        "tr02-q1 what is two plus two",
+    ]
+    assert lines["spk2utt"] == ["tr01 tr01-s1", "tr02 tr02-q1"]
+    assert lines["answer"] == ["tr02-q1 four"]
+    for line in lines["wav.scp"]:
+        path = Path(line.split()[1])
+        info = soundfile.info(str(path))
+        assert path.is_absolute() and info.samplerate == 16000 and info.channels == 1
+        assert info.subtype == "PCM_16" and 0.3 < info.duration < 4
+
+
+def test_llm_trainer_writes_a_loadable_model(world: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "llm"
+    tiny = "--hidden_size 32 --intermediate_size 64 --num_layers 1 --num_heads 2 --num_kv_heads 1"
+    argv = [
+        "--world_dir",
+        str(world),
+        "--out_dir",
+        str(out),
+        "--steps",
+        "3",
+        "--warmup_steps",
+        "1",
+    ]
+    train_mini_llm.main(
+        argv + tiny.split() + ["--max_new_tokens", "4", "--num_threads", "1"]
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert (
+        model.generation_config.eos_token_id
+        == tok.eos_token_id
+        == tok.convert_tokens_to_ids("<|eot|>")
+    )
+    assert tok.chat_template == train_mini_llm.CHAT_TEMPLATE
+    assert "model.embed_tokens.weight" in dict(model.named_parameters())
+    results = json.loads((out / "accuracy.json").read_text())
+    assert 0 <= results["test"]["accuracy"] <= 1 and results["test"]["n"] > 0
+    assert (out / "train_loss.png").stat().st_size > 0

@@ -1,0 +1,229 @@
+"""Both training stages through ESPnet's own `main`, then `alignchat_inference`, on tiny data."""
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+import yaml
+from conftest import write_data_dir
+
+from espnet_alignchat.bin import alignchat_inference, alignchat_train
+from espnet_alignchat.datadir import read_kaldi_map
+
+UTTERANCES = {
+    f"spk{s}_utt{i}": {"text": text, "response": answer}
+    for s in (1, 2)
+    for i, (text, answer) in enumerate(
+        [
+            ("what is two plus three", "five"),
+            ("what is one plus one", "two"),
+            ("say hello world", "hello world"),
+            ("what is ten minus four", "six"),
+        ]
+    )
+}
+
+TINY_CONFIG = {
+    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
+    "normalize": "global_mvn",
+    "encoder": "conformer",
+    "encoder_conf": {
+        "output_size": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+        "input_layer": "conv2d",
+        "cnn_module_kernel": 7,
+    },
+    "decoder_conf": {
+        "attention_dim": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+    },
+    "batch_type": "folded",
+    "fold_length": [80000],
+    "batch_size": 4,
+    "max_epoch": 1,
+    "num_workers": 0,
+    "optim": "adam",
+    "optim_conf": {"lr": 0.001},
+    "use_tensorboard": False,
+    "use_matplotlib": True,
+    "num_att_plot": 1,
+}
+
+
+def data_args(data: Path, split: str, response: bool) -> List[str]:
+    entries = [("wav.scp", "speech", "sound"), ("text", "text", "text")]
+    if response:
+        entries.append(("response", "response", "text"))
+    return [
+        arg
+        for path, name, kind in entries
+        for arg in (
+            f"--{split}_data_path_and_name_and_type",
+            f"{data / path},{name},{kind}",
+        )
+    ]
+
+
+def train(tmp: Path, llm: Path, data: Path, stats: Path, out: Path, mode: str, *extra):
+    config = tmp / f"{mode}.yaml"
+    conf = dict(TINY_CONFIG, model_conf={"mode": mode})
+    conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
+    config.write_text(yaml.safe_dump(conf))
+    alignchat_train.main(
+        ["--config", str(config), "--llm", str(llm), "--output_dir", str(out)]
+        + data_args(data, "train", mode == "instruct")
+        + data_args(data, "valid", mode == "instruct")
+        + ["--train_shape_file", str(stats / "train" / "speech_shape")]
+        + ["--valid_shape_file", str(stats / "valid" / "speech_shape")]
+        + list(extra)
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llm):
+    """Statistics, stage 1, then stage 2 initialised from stage 1."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    data = write_data_dir(tmp / "data", UTTERANCES)
+    stats = tmp / "stats"
+    alignchat_train.main(
+        ["--llm", str(tiny_llm), "--output_dir", str(stats), "--collect_stats", "true"]
+        + ["--frontend_conf", "n_fft=256", "--frontend_conf", "hop_length=160"]
+        + ["--frontend_conf", "n_mels=20", "--batch_type", "unsorted"]
+        + ["--num_workers", "0"]
+        + data_args(data, "train", False)
+        + data_args(data, "valid", False)
+        + ["--train_shape_file", str(data / "wav.scp")]
+        + ["--valid_shape_file", str(data / "wav.scp")]
+    )
+    train(tmp, tiny_llm, data, stats, tmp / "pretrain", "pretrain")
+    train(
+        tmp,
+        tiny_llm,
+        data,
+        stats,
+        tmp / "instruct",
+        "instruct",
+        "--init_param",
+        str(tmp / "pretrain" / "1epoch.pth"),
+    )
+    return tmp
+
+
+def test_collect_stats_writes_shapes_and_feature_stats(trained):
+    assert (trained / "stats/train/speech_shape").read_text().count("\n") == len(
+        UTTERANCES
+    )
+    assert (trained / "stats/train/feats_stats.npz").is_file()
+
+
+def test_training_writes_espnet_outputs(trained):
+    for stage in ("pretrain", "instruct"):
+        exp = trained / stage
+        assert (exp / "config.yaml").is_file() and (exp / "1epoch.pth").is_file()
+        assert (exp / "images" / "loss.png").is_file()
+        config = yaml.safe_load((exp / "config.yaml").read_text())
+        assert config["llm_fingerprint"]["vocab_size"] > 0
+        assert config["model_conf"]["end_token_id"] is not None
+    # The attention plots show the decoder's cross-attention over encoder frames.
+    plots = [p.name for p in (trained / "instruct" / "att_ws").rglob("*.png")]
+    assert any("src_attn" in name for name in plots), plots
+    assert (trained / "instruct" / "images" / "loss_response.png").is_file()
+
+
+def test_checkpoints_hold_no_llm_weights(trained, tiny_llm):
+    state = torch.load(trained / "instruct" / "1epoch.pth", weights_only=True)
+    assert not any(key.startswith(("llm.", "model.")) for key in state)
+    from safetensors.torch import load_file
+
+    llm_tensors = load_file(tiny_llm / "model.safetensors").values()
+    for value in state.values():  # no LLM tensor was stored under another name either
+        assert not any(
+            value.shape == llm.shape and torch.equal(value, llm) for llm in llm_tensors
+        )
+
+
+def test_inference_writes_transcripts_and_answers(trained):
+    out = trained / "decode"
+    alignchat_inference.main(
+        ["--model_dir", str(trained / "instruct"), "--model_file", "1epoch.pth"]
+        + ["--data_dir", str(trained / "data"), "--output_dir", str(out)]
+        + ["--batch_size", "3", "--max_new_tokens", "5"]
+    )
+    text, response = read_kaldi_map(out / "text"), read_kaldi_map(out / "response")
+    assert sorted(text) == sorted(response) == sorted(UTTERANCES)
+    assert not (out / "skipped").exists()
+
+
+def test_inference_on_text_answers_the_transcripts(trained):
+    out = trained / "decode_text"
+    alignchat_inference.main(
+        ["--model_dir", str(trained / "instruct"), "--model_file", "1epoch.pth"]
+        + ["--data_dir", str(trained / "data"), "--output_dir", str(out)]
+        + ["--text_input", "true", "--max_new_tokens", "5", "--beam_size", "2"]
+    )
+    assert sorted(read_kaldi_map(out / "response")) == sorted(UTTERANCES)
+    assert not (out / "text").exists()
+
+
+def test_unreadable_audio_is_reported_and_skipped(trained, tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = (trained / "data" / "wav.scp").read_text().splitlines()
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio at all")
+    lines[0] = f"{lines[0].split()[0]} {broken}"
+    (data / "wav.scp").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "decode"
+    alignchat_inference.main(
+        ["--model_dir", str(trained / "instruct"), "--model_file", "1epoch.pth"]
+        + ["--data_dir", str(data), "--output_dir", str(out), "--max_new_tokens", "2"]
+    )
+    bad = lines[0].split()[0]
+    skipped = read_kaldi_map(out / "skipped")
+    assert list(skipped) == [bad] and "cannot read audio" in skipped[bad]
+    assert len(read_kaldi_map(out / "response")) == len(lines) - 1
+    assert f"{bad}: cannot read audio" in caplog.text and "(skipped)" in caplog.text
+
+
+def test_wrong_llm_is_refused_with_one_line(trained, other_llm, tmp_path, capfd):
+    with pytest.raises(SystemExit) as exit_info:
+        alignchat_inference.main(
+            ["--model_dir", str(trained / "instruct"), "--model_file", "1epoch.pth"]
+            + ["--llm", str(other_llm)]
+            + ["--data_dir", str(trained / "data"), "--output_dir", str(tmp_path)]
+        )
+    assert exit_info.value.code == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("alignchat_inference: error: this speech tokenizer was")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_empty_transcript_stops_training_with_one_line(
+    trained, tiny_llm, tmp_path, capfd
+):
+    data = write_data_dir(tmp_path / "data", UTTERANCES)
+    lines = (data / "text").read_text().splitlines()
+    lines[1] = lines[1].split()[0]  # the utterance id alone: an empty transcript
+    (data / "text").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        train(tmp_path, tiny_llm, data, trained / "stats", tmp_path / "exp", "pretrain")
+    err = capfd.readouterr().err.strip().splitlines()[-1]
+    assert err == f"alignchat_train: error: {lines[1]}: the text is empty"
+
+
+@pytest.mark.parametrize("entry", ["alignchat_train", "alignchat_inference"])
+def test_entry_points_answer_help(entry):
+    result = subprocess.run(
+        [sys.executable, "-m", f"espnet_alignchat.bin.{entry}", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout
+    assert "nltk" not in result.stdout + result.stderr

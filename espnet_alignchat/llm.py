@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from transformers import (
@@ -235,6 +235,39 @@ PromptPiece = Union[
 ]  # token ids, or vectors (n, hidden) to splice in
 
 
+def _pack(pieces: Sequence[PromptPiece]) -> Tuple[List[int], List[bool]]:
+    """One prompt's token ids (0 where a vector goes) and which positions take vectors."""
+    ids: List[int] = []
+    slots: List[bool] = []
+    for piece in pieces:
+        if isinstance(piece, torch.Tensor):
+            ids += [0] * piece.shape[0]
+            slots += [True] * piece.shape[0]
+        else:
+            ids += list(piece)
+            slots += [False] * len(piece)
+    return ids, slots
+
+
+def splice_vectors(
+    inputs_embeds: torch.Tensor, slots: torch.Tensor, vectors: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Put `vectors` (in order) into the positions `slots` marks, row by row.
+
+    The speech tokenizer emits exactly one vector per LLM token, so the count is known in
+    advance; a mismatch means the prompt and the speech disagree, and is an error rather than
+    a silent truncation.
+    """
+    n_vectors = sum(v.shape[0] for v in vectors)
+    n_slots = int(slots.sum())
+    if n_slots != n_vectors:
+        raise PromptError(f"{n_vectors} speech vectors for {n_slots} prompt positions")
+    if not vectors:
+        return inputs_embeds
+    spliced = torch.cat(list(vectors)).to(inputs_embeds.device, inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(slots[..., None], spliced)
+
+
 class FrozenLLM:
     """A Hugging Face causal LM with its tokenizer, frozen and held outside the ESPnet model."""
 
@@ -406,44 +439,24 @@ class FrozenLLM:
 
         Each prompt is packed on its own and the batch is padded once, on the left, so no
         padding ever sits inside a sequence and every sequence ends at the last position.
-        Vector pieces replace placeholder positions through one `masked_scatter`; the number of
-        placeholders must equal the number of vectors.
         """
-        ids, is_vector = [], []
-        for pieces in prompts:
-            sample_ids: List[int] = []
-            sample_mask: List[bool] = []
-            for piece in pieces:
-                if isinstance(piece, torch.Tensor):
-                    sample_ids += [0] * piece.shape[0]
-                    sample_mask += [True] * piece.shape[0]
-                else:
-                    sample_ids += list(piece)
-                    sample_mask += [False] * len(piece)
-            ids.append(sample_ids)
-            is_vector.append(sample_mask)
-        length = max(len(sample) for sample in ids)
-        pad = length - torch.tensor([len(sample) for sample in ids])
-        token_ids = torch.tensor([[0] * p + s for p, s in zip(pad.tolist(), ids)])
-        slots = torch.tensor([[False] * p + m for p, m in zip(pad.tolist(), is_vector)])
-        attention_mask = torch.arange(length)[None, :] >= pad[:, None]
-
-        token_ids, slots = token_ids.to(self.device), slots.to(self.device)
-        attention_mask = attention_mask.to(self.device)
-        inputs_embeds = self.embed(token_ids)
+        packed = [_pack(pieces) for pieces in prompts]
+        length = max(len(ids) for ids, _ in packed)
+        pad = [length - len(ids) for ids, _ in packed]
+        token_ids = torch.tensor([[0] * p + ids for p, (ids, _) in zip(pad, packed)])
+        slots = torch.tensor([[False] * p + mask for p, (_, mask) in zip(pad, packed)])
+        attention_mask = (
+            torch.arange(length)[None, :] >= torch.tensor(pad)[:, None]
+        ).long()
         vectors = [
             p for pieces in prompts for p in pieces if isinstance(p, torch.Tensor)
         ]
-        n_vectors = sum(v.shape[0] for v in vectors)
-        if int(slots.sum()) != n_vectors:
-            raise PromptError(
-                f"{n_vectors} vectors for {int(slots.sum())} placeholder positions"
-            )
-        if vectors:
-            spliced = torch.cat(vectors).to(self.device, inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], spliced)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return LLMInputs(inputs_embeds, attention_mask.long(), position_ids)
+        inputs_embeds = splice_vectors(
+            self.embed(token_ids.to(self.device)), slots.to(self.device), vectors
+        )
+        attention_mask = attention_mask.to(self.device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return LLMInputs(inputs_embeds, attention_mask, position_ids)
 
     # -- running the LLM ---------------------------------------------------------------------
     def last_logits(self, inputs: LLMInputs, n_positions: int) -> torch.Tensor:

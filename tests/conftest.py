@@ -1,8 +1,4 @@
-"""Tiny local stand-ins for a real LLM and real speech: nothing is downloaded.
-
-The LLM is a random 2-layer `LlamaForCausalLM` with a word-level tokenizer trained here and a
-chat template, saved with `save_pretrained` and loaded back exactly as Llama-3 would be.
-"""
+"""Test fixtures: a tiny random LLM (see espnet_alignchat.testing) and synthetic speech."""
 
 import argparse
 from pathlib import Path
@@ -11,83 +7,34 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import soundfile
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+import transformers
+
+from espnet_alignchat.testing import build_word_tokenizer, save_random_llm
 
 WORDS = (
     "what is one two three four five six seven eight nine ten plus minus times "
     "yes no hello world the answer say again please thank you big small"
 ).split()
-SPECIAL = [
-    "<unk>",
-    "<pad>",
-    "<s>",
-    "<|end|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
 SAMPLE_RATE = 16000
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    model = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    model.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    model.train_from_iterator(
-        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=SPECIAL)
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=model,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="<|end|>",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+def build_tokenizer():
+    return build_word_tokenizer(WORDS)
 
 
-def save_tiny_llm(
-    path: Path, num_layers: int = 2, seed: int = 0, max_shard_size=None
-) -> Path:
-    """A random Llama with the test tokenizer, written like a hub checkpoint."""
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=end_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+def save_tiny_llm(path: Path, num_layers: int = 2, seed: int = 0, max_shard_size=None):
+    return save_random_llm(
+        path, WORDS, num_layers=num_layers, seed=seed, max_shard_size=max_shard_size
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=end_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    model.save_pretrained(path, **kwargs)
-    tokenizer.save_pretrained(path)
-    return path
+
+
+def refuse_llm_loading(monkeypatch) -> None:
+    """Make any attempt to build the LLM from its weights fail the test."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("the full LLM was loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
 
 @pytest.fixture(scope="session")

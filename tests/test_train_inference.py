@@ -1,5 +1,6 @@
 """Both training stages through ESPnet's own `main`, then `alignchat_inference`, on tiny data."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,28 @@ def test_checkpoints_hold_no_llm_weights(trained, tiny_llm):
         assert not any(
             value.shape == llm.shape and torch.equal(value, llm) for llm in llm_tensors
         )
+
+
+def test_training_resumes_from_its_checkpoint(trained, tiny_llm, caplog):
+    caplog.set_level(logging.INFO)
+    exp = trained / "instruct"
+    first_epoch = (exp / "1epoch.pth").stat().st_mtime
+    data, stats = trained / "data", trained / "stats"
+    train(
+        trained,
+        tiny_llm,
+        data,
+        stats,
+        exp,
+        "instruct",
+        "--max_epoch",
+        "2",
+        "--resume",
+        "true",
+    )
+    assert "The training was resumed" in caplog.text
+    assert (exp / "2epoch.pth").is_file()
+    assert (exp / "1epoch.pth").stat().st_mtime == first_epoch  # not trained again
 
 
 def test_inference_writes_transcripts_and_answers(trained):

@@ -1,0 +1,91 @@
+"""Tiny local stand-ins for a real LLM, for tests and benchmarks: nothing is downloaded.
+
+The LLM is a random `LlamaForCausalLM` with a word-level tokenizer trained on the spot and a chat
+template, saved with `save_pretrained`, so it is loaded back exactly as Llama-3 would be.
+"""
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<pad>",
+    "<s>",
+    "<|end|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+    """One token per word, the chat markers as special tokens, `<|end|>` as EOS."""
+    model = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    model.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    model.train_from_iterator(
+        [" ".join(words)], trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|end|>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_random_llm(
+    path: Union[str, Path],
+    words: Sequence[str],
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    vocab_size: Optional[int] = None,
+    seed: int = 0,
+    max_shard_size: Optional[str] = None,
+) -> Path:
+    """A random Llama and its tokenizer in `path`, like a hub checkpoint.
+
+    `vocab_size` may exceed the tokenizer's size, as real LLMs pad their embedding matrix.
+    """
+    tokenizer = build_word_tokenizer(words)
+    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=end_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=end_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+    return Path(path)

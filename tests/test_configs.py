@@ -1,0 +1,56 @@
+"""Every shipped config parses and builds a model (ESPnet's --dry_run) or a decoder setup."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from espnet_alignchat.bin import alignchat_inference, alignchat_train
+
+CONF = Path(__file__).parent.parent / "conf"
+TRAIN_CONFIGS = sorted(CONF.glob("tuning/train_*.yaml"))
+DECODE_CONFIGS = sorted(CONF.glob("tuning/decode_*.yaml"))
+
+
+def fake_feature_stats(path: Path, dim: int) -> Path:
+    np.savez(
+        path, count=np.array(100), sum=np.zeros(dim), sum_square=np.full(dim, 100.0)
+    )
+    return path
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_training_config_builds_a_model(config, tiny_llm, tmp_path):
+    conf = yaml.safe_load(config.read_text())
+    stats = fake_feature_stats(tmp_path / "stats.npz", conf["frontend_conf"]["n_mels"])
+    alignchat_train.main(
+        ["--config", str(config), "--llm", str(tiny_llm), "--dry_run", "true"]
+        + ["--iterator_type", "none", "--output_dir", str(tmp_path / "exp")]
+        + ["--normalize_conf", f"stats_file={stats}"]
+    )
+    written = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
+    assert written["model_conf"]["mode"] == conf["model_conf"]["mode"]
+
+
+@pytest.mark.parametrize("config", DECODE_CONFIGS, ids=lambda p: p.name)
+def test_decoding_config_parses(config):
+    args = alignchat_inference.get_parser().parse_args(
+        [
+            "--config",
+            str(config),
+            "--model_dir",
+            "m",
+            "--data_dir",
+            "d",
+            "--output_dir",
+            "o",
+        ]
+    )
+    for key, value in yaml.safe_load(config.read_text()).items():
+        assert getattr(args, key) == value
+
+
+def test_default_configs_are_links_into_tuning():
+    for name in ("train_pretrain.yaml", "train_instruct.yaml", "decode.yaml"):
+        assert (CONF / name).resolve().parent == (CONF / "tuning").resolve()

@@ -1,0 +1,165 @@
+"""AlignChatModel: what each stage trains, what it never touches, and what it saves."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tokenizer, refuse_llm_loading, tiny_model_args, tone
+
+import espnet_alignchat.llm
+from espnet_alignchat.llm import LLMMismatchError
+from espnet_alignchat.task import AlignChatTask
+
+TRANSCRIPTS = ["what is two plus three", "hello world", "say yes please"]
+ANSWERS = ["five", "hello", "yes"]
+
+
+def pad(sequences, value):
+    return torch.nn.utils.rnn.pad_sequence(
+        sequences, batch_first=True, padding_value=value
+    )
+
+
+@pytest.fixture(scope="module")
+def batch():
+    tokenizer = build_tokenizer()
+    rng = np.random.default_rng(0)
+    waves = [torch.from_numpy(tone(text.split(), rng)) for text in TRANSCRIPTS]
+
+    def ids(texts):
+        seqs = [
+            torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"])
+            for t in texts
+        ]
+        return pad(seqs, -1), torch.tensor([len(s) for s in seqs])
+
+    text, text_lengths = ids(TRANSCRIPTS)
+    response, response_lengths = ids(ANSWERS)
+    return dict(
+        speech=pad(waves, 0.0),
+        speech_lengths=torch.tensor([len(w) for w in waves]),
+        text=text,
+        text_lengths=text_lengths,
+        response=response,
+        response_lengths=response_lengths,
+        utt_id=["a", "b", "c"],  # what ESPnet's trainer adds
+    )
+
+
+def build(llm, **model_conf):
+    torch.manual_seed(0)
+    return AlignChatTask.build_model(tiny_model_args(llm, **model_conf))
+
+
+def test_stage1_reads_the_embeddings_and_nothing_else(tiny_llm, batch, monkeypatch):
+    refuse_llm_loading(monkeypatch)
+    model = build(tiny_llm, mode="pretrain")
+    loss, stats, weight = model(
+        **{k: v for k, v in batch.items() if "response" not in k}
+    )
+    assert torch.isfinite(loss).all() and int(weight) == 3
+    assert {"loss", "loss_ce", "loss_cos", "loss_nmse", "acc"} <= set(stats)
+    assert not model.llm.is_loaded
+
+
+def test_collect_stats_reads_no_llm_weights(tiny_llm, batch, monkeypatch):
+    refuse_llm_loading(monkeypatch)
+    monkeypatch.setattr(
+        espnet_alignchat.llm, "load_embeddings", lambda *a: pytest.fail("E was read")
+    )
+    args = tiny_model_args(tiny_llm)
+    args.collect_stats = True
+    model = AlignChatTask.build_model(args)
+    feats = model.collect_feats(batch["speech"], batch["speech_lengths"])
+    assert feats["feats"].shape[-1] == 20
+
+
+def test_stage1_loss_falls_on_a_fixed_batch(tiny_llm, batch):
+    model = build(tiny_llm, mode="pretrain", ctc_weight=0.3, nmse_weight=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    stage1 = {k: v for k, v in batch.items() if "response" not in k}
+    history = []
+    for _ in range(40):
+        loss, stats, _ = model(**stage1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append((float(loss), float(stats["acc"])))
+    assert history[-1][0] < 0.3 * history[0][0]
+    assert history[-1][1] > history[0][1] + 0.3
+    assert float(stats["loss_ctc"]) > 0
+
+
+def test_stage2_trains_the_tokenizer_through_a_frozen_llm(tiny_llm, batch):
+    model = build(tiny_llm, mode="instruct", kl_weight=0.5)
+    llm = model.llm.model
+    before = {name: p.detach().clone() for name, p in llm.named_parameters()}
+    tokenizer_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, stats, _ = model(**batch)
+    assert {"loss_response", "acc_response", "loss_kl"} <= set(stats)
+    assert float(stats["loss_kl"]) > 0
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+    # Gradients flow through the LLM into every part of the speech tokenizer ...
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+        assert not torch.equal(param, tokenizer_before[name]), name
+    # ... while the LLM stays bit-identical and out of the optimizer and the state_dict.
+    for name, param in llm.named_parameters():
+        assert param.grad is None and torch.equal(param, before[name]), name
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in llm.parameters()}
+    assert not any(key.startswith("llm.") for key in model.state_dict())
+
+
+def test_stage2_needs_the_responses(tiny_llm, batch):
+    model = build(tiny_llm, mode="instruct")
+    stage1 = {k: v for k, v in batch.items() if "response" not in k}
+    with pytest.raises(ValueError, match="needs a 'response'"):
+        model(**stage1)
+
+
+def test_token_ids_of_another_vocabulary_are_refused(tiny_llm, batch):
+    model = build(tiny_llm)
+    bad = dict(batch, text=batch["text"] + 1000)
+    with pytest.raises(ValueError, match="was it tokenized for another LLM"):
+        model(**bad)
+
+
+def test_espnet_dtype_cast_does_not_reach_the_llm(tiny_llm, batch):
+    model = build(tiny_llm, mode="instruct")
+    model.to(dtype=torch.float64)  # what ESPnet's main does with --train_dtype
+    assert model.llm.model.dtype == torch.float32
+    assert model.llm.embeddings.dtype == torch.float32
+
+
+def test_output_modes(tiny_llm, batch):
+    model = build(tiny_llm).eval()
+    speech, lengths = batch["speech"], batch["speech_lengths"]
+    continuous = model.transcribe(speech, lengths, max_tokens=6)
+    snapped = model.transcribe(speech, lengths, max_tokens=6, output_mode="snap")
+    for c, s in zip(continuous, snapped):
+        assert c.token_ids == s.token_ids
+        assert torch.equal(s.vectors, model.llm.embed(torch.tensor(s.token_ids)))
+        assert not torch.equal(c.vectors, s.vectors)
+
+
+def test_checkpoint_of_another_llm_is_refused(tiny_llm, other_llm):
+    state = build(tiny_llm).state_dict()
+    with pytest.raises(LLMMismatchError, match="other-llama"):
+        build(other_llm).load_state_dict(state)
+
+
+def test_fingerprint_survives_espnet_checkpoint_averaging(tiny_llm):
+    first, second = (
+        build(tiny_llm).state_dict(),
+        build(tiny_llm, ce_weight=2.0).state_dict(),
+    )
+    # espnet2.main_funcs.average_nbest_models: sum, then float entries divided by n
+    averaged = {
+        k: (first[k] + second[k]) / 2 if first[k].is_floating_point() else first[k]
+        for k in first
+    }
+    build(tiny_llm).load_state_dict(averaged)

@@ -111,13 +111,13 @@ def gen_arithmetic(rng: random.Random, animals: list[Animal]) -> list[Question]:
         for b in range(11):
             x, y = NUMBERS[a], NUMBERS[b]
             if a <= 10:
-                tpl = ("what is {x} plus {y}", "add {x} and {y}")
+                tpl = ("what is {x} plus {y}", "add {x} and {y}", "what is the sum of {x} and {y}")
                 out += _phrasings("arithmetic", f"{a}+{b}", NUMBERS[a + b], tpl, x=x, y=y)
             if a >= b:
-                tpl = ("what is {x} minus {y}", "take {y} from {x}")
+                tpl = ("what is {x} minus {y}", "take {y} from {x}", "subtract {y} from {x}")
                 out += _phrasings("arithmetic", f"{a}-{b}", NUMBERS[a - b], tpl, x=x, y=y)
             if a <= 10 and a * b <= 20:
-                tpl = ("what is {x} times {y}", "multiply {x} by {y}")
+                tpl = ("what is {x} times {y}", "multiply {x} by {y}", "what is {x} multiplied by {y}")
                 out += _phrasings("arithmetic", f"{a}*{b}", NUMBERS[a * b], tpl, x=x, y=y)
     return out
 
@@ -126,22 +126,28 @@ def gen_neighbor(rng: random.Random, animals: list[Animal]) -> list[Question]:
     """The number after or before another."""
     out = []
     for n in range(21):
-        if n < 20:
-            tpl = ("what comes after {x}", "what number comes after {x}")
-            out += _phrasings("neighbor", f"{n}>", NUMBERS[n + 1], tpl, x=NUMBERS[n])
-        if n > 0:
-            tpl = ("what comes before {x}", "what number comes before {x}")
-            out += _phrasings("neighbor", f"{n}<", NUMBERS[n - 1], tpl, x=NUMBERS[n])
+        for where, m in (("after", n + 1), ("before", n - 1)):
+            if 0 <= m <= 20:
+                tpl = (
+                    f"what comes {where} {{x}}",
+                    f"what number comes {where} {{x}}",
+                    f"tell me the number {where} {{x}}",
+                )
+                out += _phrasings("neighbor", f"{n}.{where}", NUMBERS[m], tpl, x=NUMBERS[n])
     return out
 
 
 def gen_facts(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Questions about the fact table, two phrasings per fact."""
+    """Questions about the fact table, three phrasings per fact."""
     templates = {
-        "color": ("what color is a {a}", "tell me the color of a {a}"),
-        "legs": ("how many legs does a {a} have", "count the legs of a {a}"),
-        "sound": ("what does a {a} say", "what sound does a {a} make"),
-        "home": ("where does a {a} live", "tell me the home of a {a}"),
+        "color": ("what color is a {a}", "tell me the color of a {a}", "what is the color of a {a}"),
+        "legs": (
+            "how many legs does a {a} have",
+            "count the legs of a {a}",
+            "tell me how many legs a {a} has",
+        ),
+        "sound": ("what does a {a} say", "tell me the sound of a {a}", "what is the sound of a {a}"),
+        "home": ("where does a {a} live", "tell me the home of a {a}", "what is the home of a {a}"),
     }
     out = []
     for animal in animals:
@@ -151,15 +157,27 @@ def gen_facts(rng: random.Random, animals: list[Animal]) -> list[Question]:
     return out
 
 
-def _spellable(animals: list[Animal]) -> list[str]:
-    return COLORS + [a.name for a in animals]
+def gen_yesno_fact(rng: random.Random, animals: list[Animal]) -> list[Question]:
+    """Yes/no checks of the fact table: every true statement and as many false ones."""
+    legs = sorted({a.legs for a in animals}, key=NUMBERS.index)
+    color_tpl = ("is a {a} {v}", "is the color of a {a} {v}", "tell me if a {a} is {v}")
+    legs_tpl = ("does a {a} have {v} legs", "has a {a} got {v} legs", "tell me if a {a} has {v} legs")
+    claims = [(a, c, c == a.color, color_tpl) for a in animals for c in COLORS]
+    claims += [(a, n, n == a.legs, legs_tpl) for a in animals for n in legs]
+    true = [c for c in claims if c[2]]
+    false = rng.sample([c for c in claims if not c[2]], len(true))
+    out = []
+    for animal, value, truth, tpl in true + false:
+        fact = f"{animal.name}.{value}"
+        out += _phrasings("yesno_fact", fact, "yes" if truth else "no", tpl, a=animal.name, v=value)
+    return out
 
 
 def gen_spell(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Spelling (two phrasings) and first/last letters (one phrasing, train only)."""
+    """Spelling (three phrasings) and first/last letters (one phrasing, so train only)."""
     out = []
-    for word in _spellable(animals):
-        tpl = ("spell {w}", "how do you spell {w}")
+    for word in COLORS + [a.name for a in animals]:
+        tpl = ("spell {w}", "how do you spell {w}", "tell me the letters of {w}")
         out += _phrasings("spell", f"spell.{word}", " ".join(word), tpl, w=word)
         for which, letter in (("first", word[0]), ("last", word[-1])):
             tpl = (f"what is the {which} letter of {{w}}",)
@@ -191,63 +209,54 @@ def gen_yesno_number(rng: random.Random, animals: list[Animal]) -> list[Question
     return out
 
 
-def gen_yesno_fact(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Yes/no checks of the fact table: every true statement, twice as many false ones."""
-    legs = sorted({a.legs for a in animals}, key=NUMBERS.index)
-    yes, no = [], []
-    for animal in animals:
-        for color in COLORS:
-            q = f"is a {animal.name} {color}"
-            (yes if color == animal.color else no).append(q)
-        for n in legs:
-            q = f"does a {animal.name} have {n} legs"
-            (yes if n == animal.legs else no).append(q)
-    no = rng.sample(no, 2 * len(yes))
-    return [Question("yesno_fact", q, "yes", q) for q in yes] + [
-        Question("yesno_fact", q, "no", q) for q in no
-    ]
-
-
-def _random_lists(rng: random.Random, words: list[str], lo: int, hi: int, n: int):
-    seen: dict[str, None] = {}
+def _unique(make: Callable[[], tuple[str, str]], n: int) -> list[tuple[str, str]]:
+    """``n`` distinct (question, answer) pairs drawn from ``make``."""
+    seen: dict[str, str] = {}
     while len(seen) < n:
-        seen[" ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))] = None
-    return list(seen)
+        question, answer = make()
+        seen[question] = answer
+    return list(seen.items())
+
+
+def _rule_kind(kind: str, pairs: list[tuple[str, str]]) -> list[Question]:
+    return [Question(kind, q, a, q) for q, a in pairs]
 
 
 def gen_count(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """How many words are in a short list of colors and animals."""
+    """How many words are in a list of one to five colors and animals."""
     words = COLORS + [a.name for a in animals]
-    out = []
-    for i, items in enumerate(_random_lists(rng, words, 1, 5, 600)):
-        q = ("count the words {x}", "how many words in {x}")[i % 2].format(x=items)
-        out.append(Question("count", q, NUMBERS[len(items.split())], q))
-    return out
 
+    def make() -> tuple[str, str]:
+        items = [rng.choice(words) for _ in range(rng.randint(1, 5))]
+        tpl = rng.choice(("count the words {x}", "how many words in {x}"))
+        return tpl.format(x=" ".join(items)), NUMBERS[len(items)]
 
-def gen_sequence(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Count up or down between two numbers at most five apart."""
-    out = []
-    for a in range(21):
-        for b in range(21):
-            if 1 <= abs(a - b) <= 5:
-                direction = "from" if a < b else "down from"
-                step = 1 if a < b else -1
-                q = f"count {direction} {NUMBERS[a]} until {NUMBERS[b]}"
-                answer = " ".join(NUMBERS[i] for i in range(a, b + step, step))
-                out.append(Question("sequence", q, answer, q))
-    return out
+    return _rule_kind("count", _unique(make, 800))
 
 
 def gen_repeat(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Repeat a short phrase of colors, animals and numbers."""
+    """Repeat a phrase of two to four colors, animals and numbers."""
     words = COLORS + [a.name for a in animals] + NUMBERS
-    out = []
-    for i, phrase in enumerate(_random_lists(rng, words, 2, 4, 600)):
-        tpl = ("repeat after me {x}", "say {x}")[i % 2]
-        q = tpl.format(x=phrase)
-        out.append(Question("repeat", q, phrase, q))
-    return out
+
+    def make() -> tuple[str, str]:
+        phrase = " ".join(rng.choice(words) for _ in range(rng.randint(2, 4)))
+        return rng.choice(("repeat after me {x}", "say {x}")).format(x=phrase), phrase
+
+    return _rule_kind("repeat", _unique(make, 1200))
+
+
+def gen_category(rng: random.Random, animals: list[Animal]) -> list[Question]:
+    """Pick the one color (or number) out of three words."""
+    names = [a.name for a in animals]
+
+    def make() -> tuple[str, str]:
+        category, members, others = rng.choice((("color", COLORS, NUMBERS), ("number", NUMBERS, COLORS)))
+        answer = rng.choice(members)
+        words = [answer] + rng.sample(names + others, 2)
+        rng.shuffle(words)
+        return f"which word is a {category} {' '.join(words)}", answer
+
+    return _rule_kind("category", _unique(make, 800))
 
 
 @dataclass(frozen=True)
@@ -265,14 +274,14 @@ class Kind:
 KINDS = (
     Kind("arithmetic", gen_arithmetic, True, 60, 20, None),
     Kind("neighbor", gen_neighbor, True, 15, 5, None),
-    Kind("facts", gen_facts, True, 25, 10, None),
+    Kind("facts", gen_facts, True, 30, 10, None),
+    Kind("yesno_fact", gen_yesno_fact, True, 30, 10, None),
     Kind("spell", gen_spell, True, 10, 4, None),
-    Kind("compare", gen_compare, False, 35, 15, 300),
-    Kind("yesno_number", gen_yesno_number, False, 35, 15, 300),
-    Kind("yesno_fact", gen_yesno_fact, False, 15, 5, None),
-    Kind("count", gen_count, False, 35, 15, 300),
-    Kind("sequence", gen_sequence, False, 30, 10, None),
-    Kind("repeat", gen_repeat, False, 35, 15, 300),
+    Kind("compare", gen_compare, False, 30, 10, 600),
+    Kind("yesno_number", gen_yesno_number, False, 30, 10, 600),
+    Kind("count", gen_count, False, 30, 10, 600),
+    Kind("repeat", gen_repeat, False, 30, 10, 900),
+    Kind("category", gen_category, False, 30, 10, 600),
 )
 
 

@@ -1,7 +1,6 @@
 """Reading Kaldi data dirs and turning utterances into the model's inputs."""
 
 import pickle
-import shutil
 
 import kaldiio
 import numpy as np

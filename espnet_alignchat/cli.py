@@ -1,8 +1,11 @@
-"""What every entry point shares: one-line errors for bad input instead of tracebacks."""
+"""What the entry points share: one-line errors for bad input, the LLM's decoding options."""
 
+import argparse
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Dict, Iterator
+
+from espnet2.utils.types import str2bool, str_or_none
 
 from espnet_alignchat.llm import LLMMismatchError, PromptError
 from espnet_alignchat.preprocessor import InputError
@@ -25,3 +28,21 @@ def exit_on_user_error(prog: str) -> Iterator[None]:
     except USER_ERRORS as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LLM's decoding options, the same wherever the LLM answers."""
+    group = parser.add_argument_group("LLM generation")
+    group.add_argument("--system_prompt", type=str_or_none, default=None)
+    group.add_argument("--max_new_tokens", type=int, default=256)
+    group.add_argument("--do_sample", type=str2bool, default=False)
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top_p", type=float, default=1.0)
+    group.add_argument("--top_k", type=int, default=0)
+    group.add_argument("--repetition_penalty", type=float, default=1.0)
+
+
+def generation_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options of `add_generation_arguments`, as `FrozenLLM.generate` takes them."""
+    names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
+    return {name: getattr(args, name) for name in (*names, "repetition_penalty")}

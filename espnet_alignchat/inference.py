@@ -124,9 +124,6 @@ class Speech2Chat:
             batch.to(self.device), lengths.to(self.device), **self.decoding
         )
 
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.llm.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-
     def respond(self, hypotheses: Sequence[Hypothesis], **generation) -> List[str]:
         """The LLM's answers with each utterance's speech vectors as the user's turn."""
         layout = self.layout

@@ -491,7 +491,7 @@ class FrozenLLM:
         return sorted(stops)
 
     @torch.no_grad()
-    def generate(
+    def generate_ids(
         self,
         inputs: LLMInputs,
         max_new_tokens: int = 256,
@@ -501,9 +501,11 @@ class FrozenLLM:
         top_k: int = 0,
         repetition_penalty: float = 1.0,
         streamer=None,
-    ) -> List[str]:
-        """Answer a batch of prompts; greedy unless `do_sample`."""
+    ) -> List[List[int]]:
+        """Answer a batch of prompts (greedy unless `do_sample`): the new token ids of each,
+        up to and without the token that ended it."""
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+        stops = self.stop_token_ids
         pad_id = self.tokenizer.pad_token_id
         output = self.model.generate(
             inputs_embeds=inputs.inputs_embeds,
@@ -511,10 +513,20 @@ class FrozenLLM:
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             repetition_penalty=repetition_penalty,
-            pad_token_id=self.stop_token_ids[0] if pad_id is None else pad_id,
-            eos_token_id=self.stop_token_ids,
+            pad_token_id=stops[0] if pad_id is None else pad_id,
+            eos_token_id=stops,
             streamer=streamer,
             **(sampling if do_sample else {}),
         )
-        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
-        return [text.strip() for text in texts]
+        answers = []
+        for row in output.tolist():
+            end = next((i for i, token in enumerate(row) if token in stops), len(row))
+            answers.append(row[:end])
+        return answers
+
+    def generate(self, inputs: LLMInputs, **options) -> List[str]:
+        """Answer a batch of prompts as text; options as `generate_ids`."""
+        return [self.decode(ids) for ids in self.generate_ids(inputs, **options)]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

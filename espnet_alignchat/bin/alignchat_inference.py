@@ -22,7 +22,11 @@ from espnet2.utils import config_argparse
 from espnet2.utils.types import str2bool, str_or_none
 from tqdm import tqdm
 
-from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.cli import (
+    add_generation_arguments,
+    exit_on_user_error,
+    generation_options,
+)
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.model import OUTPUT_MODES
@@ -67,14 +71,7 @@ def get_parser() -> config_argparse.ArgumentParser:
         default="continuous",
         help="what the LLM reads: the decoder's vectors or E[decoded ids]",
     )
-    group = parser.add_argument_group("LLM generation")
-    group.add_argument("--system_prompt", type=str_or_none, default=None)
-    group.add_argument("--max_new_tokens", type=int, default=256)
-    group.add_argument("--do_sample", type=str2bool, default=False)
-    group.add_argument("--temperature", type=float, default=1.0)
-    group.add_argument("--top_p", type=float, default=1.0)
-    group.add_argument("--top_k", type=int, default=0)
-    group.add_argument("--repetition_penalty", type=float, default=1.0)
+    add_generation_arguments(parser)
     return parser
 
 
@@ -124,7 +121,7 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
                 hypotheses = chat.transcribe([speech for _, speech in loaded])
                 answers = chat.respond(hypotheses)
                 for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
-                    transcripts[key] = chat.detokenize(hypothesis.token_ids)
+                    transcripts[key] = chat.llm.decode(hypothesis.token_ids)
                     responses[key] = answer
             progress.update(len(batch))
     return transcripts, responses, skipped
@@ -144,14 +141,7 @@ def inference(args) -> int:
         length_bonus=args.length_bonus,
         output_mode=args.output_mode,
         system_prompt=args.system_prompt,
-        generation=dict(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.do_sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            repetition_penalty=args.repetition_penalty,
-        ),
+        generation=generation_options(args),
     )
     data = DataDir(args.data_dir)
     keys = select_keys(data.utt_ids, args.key_file)

@@ -1,0 +1,144 @@
+"""Self-generation: the frozen LLM answers the text form of every training utterance.
+
+    python -m espnet_alignchat.bin.generate_responses --llm <hub id|dir> \\
+        --data_dir dump/raw/train --output_dir dump/raw/train/generate/1 \\
+        [--key_file dump/raw/train/generate/keys.1.scp] [--ngpu 1] [--batch_size 32]
+
+The transcript (wrapped in ``--user_template``, e.g. ``"Continue this text: {speech}"`` for a
+plain ASR corpus) goes into the LLM's chat template exactly where stage 2 puts the speech, and
+the LLM answers greedily unless told to sample. The answers are the stage-2 targets:
+``<output_dir>/response_int`` holds the LLM's own token ids, ``<output_dir>/response`` the
+text, one ``uttid value`` line each.
+
+Resumable: every answer is appended to ``<output_dir>/responses.jsonl`` as soon as its batch is
+done; a rerun skips what is there, so a killed run continues without answering an utterance
+twice or losing one.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from espnet_alignchat.cli import (
+    add_generation_arguments,
+    exit_on_user_error,
+    generation_options,
+)
+from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
+from espnet_alignchat.llm import DTYPES, SPEECH_PLACEHOLDER, FrozenLLM
+
+LOG = "responses.jsonl"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--llm", required=True, help="hub id or local model dir")
+    parser.add_argument("--data_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--key_file", type=Path, default=None, help="utterances to do")
+    parser.add_argument("--text_name", default="text", help="file of the instructions")
+    parser.add_argument("--user_template", default=SPEECH_PLACEHOLDER)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: one GPU")
+    parser.add_argument("--llm_dtype", default="auto", choices=["auto", *DTYPES])
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log_level", default="INFO")
+    add_generation_arguments(parser)
+    return parser
+
+
+def read_done(log: Path) -> Dict[str, dict]:
+    """Answers already written; a last line cut off by a kill is dropped from the file."""
+    done: Dict[str, dict] = {}
+    if not log.is_file():
+        return done
+    lines = log.read_text(encoding="utf-8").split("\n")
+    complete, tail = lines[:-1], lines[-1]  # text after the last newline was cut off
+    for line in complete:
+        record = json.loads(line)
+        done[record["utt"]] = record
+    if tail:
+        logging.warning(f"{log}: dropping a partly written last line")
+        log.write_text("".join(line + "\n" for line in complete), encoding="utf-8")
+    return done
+
+
+def generate(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    instructions = read_kaldi_map(args.data_dir / args.text_name)
+    keys: List[str] = list(instructions)
+    if args.key_file is not None:
+        keys = list(read_kaldi_map(args.key_file))
+        missing = [key for key in keys if key not in instructions]
+        for key in missing:
+            logging.warning(
+                f"{key}: no line in {args.data_dir / args.text_name} (skipped)"
+            )
+        keys = [key for key in keys if key in instructions]
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    log = args.output_dir / LOG
+    done = read_done(log)
+    todo = [key for key in keys if key not in done]
+    # Similar prompt lengths in a batch: less left padding.
+    todo.sort(key=lambda key: len(instructions[key]), reverse=True)
+    logging.info(f"{len(done)} answers already written, {len(todo)} to generate")
+
+    llm = FrozenLLM(args.llm, args.llm_dtype, args.trust_remote_code)
+    llm.to("cuda" if args.ngpu > 0 else "cpu")
+    layout = llm.prompt_layout(args.system_prompt, args.user_template)
+    options = generation_options(args)
+    with (
+        open(log, "a", encoding="utf-8") as out,
+        tqdm(total=len(todo), unit="utt", desc="self-generation") as progress,
+    ):
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            prompts = [
+                [layout.prefix, llm.tokenize(instructions[key]), layout.suffix]
+                for key in batch
+            ]
+            answers = llm.generate_ids(llm.build_inputs(prompts), **options)
+            for key, ids in zip(batch, answers):
+                record = {"utt": key, "ids": ids, "text": llm.decode(ids)}
+                done[key] = record
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            progress.update(len(batch))
+
+    finished = {key: done[key] for key in keys}
+    write_kaldi_map(
+        args.output_dir / "response", {k: r["text"] for k, r in finished.items()}
+    )
+    write_kaldi_map(
+        args.output_dir / "response_int",
+        {k: " ".join(map(str, r["ids"])) for k, r in finished.items()},
+    )
+    empty = sum(not record["ids"] for record in finished.values())
+    logging.info(
+        f"{len(finished)} answers in {args.output_dir}"
+        + (f" ({empty} empty)" if empty else "")
+    )
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
+    )
+    with exit_on_user_error("generate_responses"):
+        generate(args)
+
+
+if __name__ == "__main__":
+    main()

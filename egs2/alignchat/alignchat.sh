@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# AlignChat recipe: a frozen LLM learns to listen. Stages:
+#   1. data preparation: the embedded mini world and mini chat LLM, or an imported corpus
+#   2. format: audio at --fs, length/token filters (counts of what was dropped), LLM token ids
+#   3. statistics: shape files and feature mean/variance (ESPnet --collect_stats, no LLM)
+#   4. stage-1 pretraining of the speech tokenizer against the LLM's embedding matrix
+#   5. self-generation: the frozen LLM answers the text of every train/valid utterance
+#   6. stage-2 instruction tuning on those answers, initialised from stage 1
+#   7. decoding of the test sets: transcript, speech-conditioned answer, and the same LLM's
+#      answers to the reference text (text-conditioned) and to the transcript (cascade)
+#   8. scoring: WER/TER (sclite), BLEU/chrF speech vs text (sacrebleu), answer accuracy
+# Each stage skips what is already complete (a .done file next to its outputs) and is safe to
+# rerun; an interrupted training resumes from its checkpoint.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0")) $*"; }
+
+# General
+stage=1
+stop_stage=8
+ngpu=0                # GPUs for training (0: CPU)
+nj=2                  # parallel jobs for data preparation, statistics and self-generation
+inference_nj=2        # parallel decoding jobs
+gpu_inference=false   # decode and self-generate on one GPU per job
+python=python3
+dumpdir=dump/raw
+expdir=exp
+
+# Data
+. ./db.sh
+corpus_dir=${CORPUS_DIR}  # an existing ESPnet recipe dir (e.g. .../egs2/librispeech/asr1);
+                          # empty: the embedded mini world
+corpus_subdir=data    # where its sets are: data or dump/raw
+train_set=train
+valid_set=dev
+test_sets="test"
+fs=16000
+audio_format=flac
+min_duration=0.1      # seconds, train/valid only
+max_duration=20
+max_tokens=256        # LLM tokens per transcript, train/valid only
+
+# LLM and prompts
+llm=""                # hub id or local dir; empty: the mini chat LLM trained in stage 1
+user_template="{speech}"  # the user's turn; e.g. "Continue this text: {speech}" for ASR corpora
+system_prompt=""
+
+# Training
+pretrain_config=conf/train_pretrain.yaml
+instruct_config=conf/train_instruct.yaml
+pretrain_tag=""       # experiment names (default: from the config names)
+instruct_tag=""
+pretrain_args=""      # extra options of alignchat_train, e.g. "--max_epoch 20"
+instruct_args=""
+pretrain_model=valid.acc.ave.pth  # stage-1 checkpoint that initialises stage 2
+
+# Self-generation
+generate_batch_size=32
+generate_args=""      # e.g. "--max_new_tokens 512 --do_sample true --temperature 0.7"
+
+# Decoding
+inference_config=conf/decode.yaml
+inference_args=""
+inference_model=valid.acc_response.ave.pth
+inference_tag=""
+
+help_message="Usage: $0 [--stage N] [--stop_stage N] [--llm <hub id|dir>] [--corpus_dir <dir>] ...
+See the options and their defaults at the top of $0."
+
+. utils/parse_options.sh
+. ./path.sh
+. ./cmd.sh
+
+[ -n "${pretrain_tag}" ] || pretrain_tag=$(basename "${pretrain_config}" .yaml)
+[ -n "${instruct_tag}" ] || instruct_tag=$(basename "${instruct_config}" .yaml)
+[ -n "${inference_tag}" ] || inference_tag=decode_$(basename "${inference_config}" .yaml)
+pretrain_exp=${expdir}/${pretrain_tag}
+instruct_exp=${expdir}/${instruct_tag}
+stats_dir=${expdir}/stats_${pretrain_tag}
+mini_llm=${expdir}/mini_llm
+[ -n "${llm}" ] || llm=${mini_llm}
+prompt_opts=(--user_template "${user_template}")
+[ -z "${system_prompt}" ] || prompt_opts+=(--system_prompt "${system_prompt}")
+if "${gpu_inference}"; then
+    generate_cmd="${cuda_cmd} --gpu 1"
+    inference_ngpu=1
+else
+    generate_cmd=${decode_cmd}
+    inference_ngpu=0
+fi
+
+run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+# A step's outputs are complete when its marker exists (written last, on success).
+is_done() {
+    if [ -f "$1/.done" ]; then
+        log "$1 is complete; skipped (remove $1/.done to redo)"
+        return 0
+    fi
+    return 1
+}
+mark_done() { touch "$1/.done"; }
+finish_stage() { log "stage $1 done in $((SECONDS - stage_start)) s"; }
+
+# Split the keys of a Kaldi file into at most N key files <prefix>.JOB.scp; prints the count.
+split_keys() {
+    local file=$1 prefix=$2 n=$3 lines
+    lines=$(wc -l < "${file}")
+    [ "${n}" -le "${lines}" ] || n=${lines}
+    [ "${n}" -ge 1 ] || { echo "$0: ${file} is empty" >&2; return 1; }
+    rm -f "${prefix}".*.scp
+    awk -v n="${n}" -v prefix="${prefix}" '{ print $1 > (prefix "." ((NR - 1) % n + 1) ".scp") }' "${file}"
+    echo "${n}"
+}
+
+# Sorted concatenation of the same file of every split job.
+merge_splits() {
+    local name=$1 out=$2
+    shift 2
+    local parts=()
+    for dir in "$@"; do
+        [ -f "${dir}/${name}" ] && parts+=("${dir}/${name}")
+    done
+    [ ${#parts[@]} -eq 0 ] || sort "${parts[@]}" > "${out}/${name}"
+}
+
+# The normalization statistics file, when the config normalizes with global statistics.
+normalize_opts() {
+    local config=$1
+    if [ "$(${python} -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get("normalize") or "")' "${config}")" = global_mvn ]; then
+        echo "--normalize_conf stats_file=${stats_dir}/train/feats_stats.npz"
+    fi
+}
+
+train_data_opts() {
+    local split=$1 set=$2 with_response=$3
+    echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/wav.scp,speech,sound"
+    echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/text_int,text,text_int"
+    if "${with_response}"; then
+        echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/response_int,response,text_int"
+    fi
+}
+
+# Run alignchat_inference over N key splits of a data dir and merge the splits' outputs.
+decode_set() {
+    local data=$1 out=$2
+    shift 2
+    local logdir=${out}/logdir n
+    mkdir -p "${logdir}"
+    n=$(split_keys "${data}/wav.scp" "${logdir}/keys" "${inference_nj}")
+    # shellcheck disable=SC2086
+    ${generate_cmd} JOB=1:"${n}" "${logdir}/inference.JOB.log" \
+        ${python} -m espnet_alignchat.bin.alignchat_inference \
+            --config "${inference_config}" --ngpu "${inference_ngpu}" \
+            --model_dir "${instruct_exp}" --model_file "${inference_model}" \
+            --data_dir "${data}" --key_file "${logdir}/keys.JOB.scp" \
+            --output_dir "${logdir}/output.JOB" "$@" ${inference_args}
+    local outputs=()
+    for ((job = 1; job <= n; job++)); do outputs+=("${logdir}/output.${job}"); done
+    for name in text response skipped; do merge_splits "${name}" "${out}" "${outputs[@]}"; done
+}
+
+if run_stage 1; then
+    stage_start=${SECONDS}
+    log "stage 1: data preparation"
+    if [ -n "${corpus_dir}" ]; then
+        for set in ${train_set} ${valid_set} ${test_sets}; do
+            is_done "data/${set}" && continue
+            ${python} -m espnet_alignchat.bin.import_corpus \
+                --src "${corpus_dir}/${corpus_subdir}/${set}" --out_dir "data/${set}"
+            mark_done "data/${set}"
+        done
+    elif ! is_done data; then
+        local/data.sh --nj "${nj}"
+        mark_done data
+    fi
+    if [ "${llm}" = "${mini_llm}" ] && ! is_done "${mini_llm}"; then
+        log "training the mini chat LLM -> ${mini_llm}"
+        ${python} local/train_mini_llm.py --world_dir data/local/world --out_dir "${mini_llm}"
+        mark_done "${mini_llm}"
+    fi
+    finish_stage 1
+fi
+
+if run_stage 2; then
+    stage_start=${SECONDS}
+    log "stage 2: format (audio at ${fs} Hz, filters, ${llm} token ids) -> ${dumpdir}"
+    for set in ${train_set} ${valid_set} ${test_sets}; do
+        is_done "${dumpdir}/${set}" && continue
+        filter=true
+        [ "${set}" = "${train_set}" ] || [ "${set}" = "${valid_set}" ] || filter=false
+        ${python} -m espnet_alignchat.bin.format_data --in_dir "data/${set}" \
+            --out_dir "${dumpdir}/${set}" --llm "${llm}" --fs "${fs}" \
+            --audio_format "${audio_format}" --min_duration "${min_duration}" \
+            --max_duration "${max_duration}" --max_tokens "${max_tokens}" \
+            --filter "${filter}" --nj "${nj}"
+        mark_done "${dumpdir}/${set}"
+    done
+    finish_stage 2
+fi
+
+if run_stage 3 && ! is_done "${stats_dir}"; then
+    stage_start=${SECONDS}
+    log "stage 3: statistics -> ${stats_dir}"
+    logdir=${stats_dir}/logdir
+    mkdir -p "${logdir}"
+    n=$(split_keys "${dumpdir}/${train_set}/wav.scp" "${logdir}/train" "${nj}")
+    n_valid=$(split_keys "${dumpdir}/${valid_set}/wav.scp" "${logdir}/valid" "${n}")
+    [ "${n_valid}" -eq "${n}" ] || n=$(split_keys "${dumpdir}/${train_set}/wav.scp" "${logdir}/train" "${n_valid}")
+    # shellcheck disable=SC2046
+    ${train_cmd} JOB=1:"${n}" "${logdir}/stats.JOB.log" \
+        ${python} -m espnet_alignchat.bin.alignchat_train --collect_stats true \
+            --config "${pretrain_config}" --llm "${llm}" --use_preprocessor true \
+            --train_shape_file "${logdir}/train.JOB.scp" \
+            --valid_shape_file "${logdir}/valid.JOB.scp" \
+            --output_dir "${logdir}/stats.JOB" \
+            $(train_data_opts train "${train_set}" false) \
+            $(train_data_opts valid "${valid_set}" false)
+    inputs=()
+    for ((job = 1; job <= n; job++)); do inputs+=(--input_dir "${logdir}/stats.${job}"); done
+    ${python} -m espnet2.bin.aggregate_stats_dirs "${inputs[@]}" --output_dir "${stats_dir}"
+    mark_done "${stats_dir}"
+    finish_stage 3
+fi
+
+# Stage 4 and 6 train through ESPnet's trainer; --resume continues an interrupted run.
+train_stage() {
+    local config=$1 exp=$2 with_response=$3
+    shift 3
+    mkdir -p "${exp}"
+    log "training log: ${exp}/train.log"
+    # shellcheck disable=SC2046
+    ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+        ${python} -m espnet_alignchat.bin.alignchat_train \
+            --config "${config}" --llm "${llm}" "${prompt_opts[@]}" \
+            --ngpu "${ngpu}" --multiprocessing_distributed true --resume true \
+            --output_dir "${exp}" $(normalize_opts "${config}") \
+            --train_shape_file "${stats_dir}/train/speech_shape" \
+            --valid_shape_file "${stats_dir}/valid/speech_shape" \
+            $(train_data_opts train "${train_set}" "${with_response}") \
+            $(train_data_opts valid "${valid_set}" "${with_response}") \
+            "$@"
+}
+
+# Checksums of the LLM's weight files, to show they are the same after training.
+llm_checksums() {
+    if [ -d "${llm}" ]; then
+        (cd "${llm}" && sha256sum ./*.safetensors)
+    else
+        echo "${llm} (hub id: the hub cache holds its files)"
+    fi
+}
+
+if run_stage 4 && ! is_done "${pretrain_exp}"; then
+    stage_start=${SECONDS}
+    log "stage 4: stage-1 pretraining (LLM embeddings only) -> ${pretrain_exp}"
+    mkdir -p "${pretrain_exp}"
+    [ -f "${pretrain_exp}/llm_sha256.before" ] || llm_checksums > "${pretrain_exp}/llm_sha256.before"
+    # shellcheck disable=SC2086
+    train_stage "${pretrain_config}" "${pretrain_exp}" false ${pretrain_args}
+    mark_done "${pretrain_exp}"
+    finish_stage 4
+fi
+
+if run_stage 5; then
+    stage_start=${SECONDS}
+    log "stage 5: self-generation (the frozen LLM answers the transcripts)"
+    for set in ${train_set} ${valid_set}; do
+        dir=${dumpdir}/${set}/generate
+        is_done "${dir}" && continue
+        mkdir -p "${dir}/logdir"
+        n=$(split_keys "${dumpdir}/${set}/text_int" "${dir}/logdir/keys" "${nj}")
+        # Each job appends to its own log of answers and skips what is there: a rerun after a
+        # kill continues where it stopped.
+        # shellcheck disable=SC2086
+        ${generate_cmd} JOB=1:"${n}" "${dir}/logdir/generate.JOB.log" \
+            ${python} -m espnet_alignchat.bin.generate_responses --llm "${llm}" \
+                --data_dir "${dumpdir}/${set}" --key_file "${dir}/logdir/keys.JOB.scp" \
+                --output_dir "${dir}/split/JOB" --ngpu "${inference_ngpu}" \
+                --batch_size "${generate_batch_size}" "${prompt_opts[@]}" ${generate_args}
+        splits=()
+        for ((job = 1; job <= n; job++)); do splits+=("${dir}/split/${job}"); done
+        merge_splits response "${dumpdir}/${set}" "${splits[@]}"
+        merge_splits response_int "${dumpdir}/${set}" "${splits[@]}"
+        expected=$(wc -l < "${dumpdir}/${set}/text_int")
+        got=$(wc -l < "${dumpdir}/${set}/response_int")
+        [ "${got}" -eq "${expected}" ] || {
+            echo "$0: ${got} answers for ${expected} utterances in ${dumpdir}/${set}" >&2
+            exit 1
+        }
+        mark_done "${dir}"
+    done
+    finish_stage 5
+fi
+
+if run_stage 6 && ! is_done "${instruct_exp}"; then
+    stage_start=${SECONDS}
+    log "stage 6: stage-2 instruction tuning (frozen LLM) -> ${instruct_exp}"
+    # shellcheck disable=SC2086
+    train_stage "${instruct_config}" "${instruct_exp}" true \
+        --init_param "${pretrain_exp}/${pretrain_model}" ${instruct_args}
+    mark_done "${instruct_exp}"
+    finish_stage 6
+fi
+
+if run_stage 7; then
+    stage_start=${SECONDS}
+    log "stage 7: decoding -> ${instruct_exp}/${inference_tag}"
+    for set in ${test_sets}; do
+        dir=${instruct_exp}/${inference_tag}/${set}
+        is_done "${dir}" && continue
+        decode_set "${dumpdir}/${set}" "${dir}"
+        decode_set "${dumpdir}/${set}" "${dir}/text_input" --text_input true
+        # The cascade: the tokenizer's own transcript given to the LLM as text.
+        mkdir -p "${dir}/cascade/data"
+        cp "${dumpdir}/${set}/wav.scp" "${dir}/cascade/data/wav.scp"
+        cp "${dir}/text" "${dir}/cascade/data/text"
+        decode_set "${dir}/cascade/data" "${dir}/cascade" --text_input true
+        mark_done "${dir}"
+    done
+    finish_stage 7
+fi
+
+if run_stage 8; then
+    stage_start=${SECONDS}
+    log "stage 8: scoring"
+    for set in ${test_sets}; do
+        ${python} -m espnet_alignchat.bin.alignchat_score --data_dir "${dumpdir}/${set}" \
+            --decode_dir "${instruct_exp}/${inference_tag}/${set}" --llm "${llm}"
+    done
+    ${python} -m espnet_alignchat.bin.alignchat_results --exp_dir "${instruct_exp}" \
+        --output "${instruct_exp}/RESULTS.md"
+    cat "${instruct_exp}/RESULTS.md"
+    log "the frozen LLM: weight files before stage 4 and now"
+    cat "${pretrain_exp}/llm_sha256.before"
+    if llm_checksums | cmp -s - "${pretrain_exp}/llm_sha256.before"; then
+        log "identical"
+    else
+        log "the LLM's files changed since stage 4" >&2
+        llm_checksums
+    fi
+    grep -H embedding_sha256 "${pretrain_exp}/config.yaml" "${instruct_exp}/config.yaml"
+    log "sizes: checkpoints hold the speech tokenizer only"
+    du -shL "${pretrain_exp}/${pretrain_model}" "${instruct_exp}/${inference_model}" \
+        "${llm}" 2> /dev/null || true
+    finish_stage 8
+fi
+log "Successfully finished."

@@ -85,6 +85,7 @@ class DataDir:
             for utt_id, value in read_kaldi_map(self.path / "segments").items():
                 recording, start, end = value.split()
                 self.segments[utt_id] = (recording, float(start), float(end))
+        self._last_recording: Optional[Tuple[str, np.ndarray, int]] = None
 
     @property
     def utt_ids(self) -> List[str]:
@@ -110,7 +111,7 @@ class DataDir:
         if entry is None:
             raise InputError(f"{utt_id}: recording {recording} is not in wav.scp")
         try:
-            samples, source_rate = read_audio(entry)
+            samples, source_rate = self._read_recording(recording, entry)
         except Exception as error:  # soundfile, kaldiio and pipes raise many kinds
             raise InputError(
                 f"{utt_id}: cannot read audio '{entry}': {error}"
@@ -118,6 +119,19 @@ class DataDir:
         if start is not None:
             samples = samples[int(start * source_rate) : int(end * source_rate)]
         return check_speech(utt_id, resample(samples, source_rate, rate))
+
+    def _read_recording(self, recording: str, entry: str) -> Tuple[np.ndarray, int]:
+        """`read_audio`, keeping the last recording when there are segments.
+
+        The segments of one recording usually come one after another, and a long recording
+        (often a pipe) would otherwise be decoded again for each of its segments.
+        """
+        if self._last_recording is not None and self._last_recording[0] == recording:
+            return self._last_recording[1], self._last_recording[2]
+        samples, rate = read_audio(entry)
+        if self.segments is not None:
+            self._last_recording = (recording, samples, rate)
+        return samples, rate
 
     def iter_speech(
         self, utt_ids: List[str], rate: int

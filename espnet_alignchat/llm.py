@@ -26,6 +26,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
 )
@@ -482,8 +483,15 @@ class FrozenLLM:
 
     @cached_property
     def stop_token_ids(self) -> List[int]:
-        """Tokens that end a response: the generation config's, the tokenizer's, the turn end."""
-        stops = self.model.generation_config.eos_token_id
+        """Tokens that end a response: the generation config's, the tokenizer's, the turn end.
+
+        Read from ``generation_config.json`` (or the model config), not from the loaded model.
+        """
+        try:
+            generation = GenerationConfig.from_pretrained(self.name_or_path)
+        except OSError:  # no generation_config.json
+            generation = GenerationConfig.from_model_config(self.config)
+        stops = generation.eos_token_id
         stops = set([stops] if isinstance(stops, int) else stops or [])
         if self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
@@ -503,7 +511,8 @@ class FrozenLLM:
         streamer=None,
     ) -> List[List[int]]:
         """Answer a batch of prompts (greedy unless `do_sample`): the new token ids of each,
-        up to and without the token that ended it."""
+        up to and including the stop token that ended it (none if `max_new_tokens` did).
+        """
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
         stops = self.stop_token_ids
         pad_id = self.tokenizer.pad_token_id
@@ -520,7 +529,9 @@ class FrozenLLM:
         )
         answers = []
         for row in output.tolist():
-            end = next((i for i, token in enumerate(row) if token in stops), len(row))
+            end = next(
+                (i + 1 for i, token in enumerate(row) if token in stops), len(row)
+            )
             answers.append(row[:end])
         return answers
 

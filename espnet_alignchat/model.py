@@ -246,11 +246,18 @@ class AlignChatModel(AbsESPnetModel):
             zero_infinity=True,
         )
 
+    def _complete(self, answer: List[int]) -> List[int]:
+        """The answer as the LLM ends it: self-generated answers keep the stop token the LLM
+        emitted; others (given as text, or cut at a length limit) get the turn's end."""
+        if answer and answer[-1] in self.llm.stop_token_ids:
+            return answer
+        return answer + self.prompt_layout.turn_end
+
     def _answer_losses(self, z, text, text_lengths, response, response_lengths):
         """Cross-entropy (and KL to the text-conditioned LLM) on the self-generated answer."""
         layout = self.prompt_layout
         answers = [
-            row[:length].tolist() + layout.turn_end
+            self._complete(row[:length].tolist())
             for row, length in zip(response, response_lengths)
         ]
         transcripts = [row[:length] for row, length in zip(text, text_lengths)]

@@ -40,7 +40,7 @@ def test_job_arrays_substitute_job_and_report_failures(launcher, tmp_path):
         fake.write_text(
             "#!/usr/bin/env bash\n"
             'for a in "$@"; do case "$a" in --array=*) r=${a#--array=};; esac; done\n'
-            'script=${@: -1}; status=0\n'
+            "script=${@: -1}; status=0\n"
             "for ((t=${r%-*}; t<=${r#*-}; t++)); do\n"
             '  SLURM_ARRAY_TASK_ID=$t bash "$script" || status=1\n'
             "done\nexit $status\n"

@@ -7,8 +7,9 @@
 The transcript (wrapped in ``--user_template``, e.g. ``"Continue this text: {speech}"`` for a
 plain ASR corpus) goes into the LLM's chat template exactly where stage 2 puts the speech, and
 the LLM answers greedily unless told to sample. The answers are the stage-2 targets:
-``<output_dir>/response_int`` holds the LLM's own token ids, ``<output_dir>/response`` the
-text, one ``uttid value`` line each.
+``<output_dir>/response_int`` holds the LLM's own token ids, including the stop token that
+ended the answer (so an empty answer is still a line), ``<output_dir>/response`` the text, one
+``uttid value`` line each.
 
 Resumable: every answer is appended to ``<output_dir>/responses.jsonl`` as soon as its batch is
 done; a rerun skips what is there, so a killed run continues without answering an utterance
@@ -123,11 +124,14 @@ def generate(args: argparse.Namespace) -> None:
         args.output_dir / "response_int",
         {k: " ".join(map(str, r["ids"])) for k, r in finished.items()},
     )
-    empty = sum(not record["ids"] for record in finished.values())
-    logging.info(
-        f"{len(finished)} answers in {args.output_dir}"
-        + (f" ({empty} empty)" if empty else "")
-    )
+    stops = set(llm.stop_token_ids)
+    cut = sum(not r["ids"] or r["ids"][-1] not in stops for r in finished.values())
+    logging.info(f"{len(finished)} answers in {args.output_dir}")
+    if cut:
+        logging.warning(
+            f"{cut} answers reached --max_new_tokens {args.max_new_tokens} before the LLM "
+            "ended them; stage 2 will teach the speech tokenizer to stop there too"
+        )
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

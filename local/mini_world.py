@@ -7,9 +7,10 @@ and the spoken vocabulary is small and chosen to avoid homophones (no "to", "for
 "tree", "see", ...) because the speech tokenizer has to tell every word apart.
 
 Question kinds come in two flavours:
-  * memorised kinds (facts from ``world_facts.tsv``, arithmetic, ...) have at least two
-    phrasings per fact; a test or dev question is a phrasing of a fact whose other
-    phrasings stay in train, so the LLM can know the answer without seeing the question;
+  * memorised kinds (facts from ``world_facts.tsv``, arithmetic, ...) have three
+    phrasings per fact; a test or dev question is one phrasing of a fact whose other two
+    stay in train, so the LLM knows the answer without having seen the question (three
+    rather than two phrasings: with two, the mini LLM transferred facts poorly);
   * compositional kinds (comparisons, counting, repeating, ...) follow a rule; their
     test and dev questions are unseen combinations of seen words.
 Test questions never appear in train or dev, and test voices never speak train or dev.
@@ -24,6 +25,7 @@ Output files in ``--out_dir``:
 Example:
     python local/mini_world.py --out_dir /tmp/world_run/world --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,25 +102,46 @@ def load_facts(path: Path = FACTS_TSV) -> list[Animal]:
         return [Animal(**row) for row in csv.DictReader(f, delimiter="\t")]
 
 
-def _phrasings(kind: str, fact: str, answer: str, templates: Iterable[str], **slots: str):
+def _phrasings(
+    kind: str, fact: str, answer: str, templates: Iterable[str], **slots: str
+) -> list[Question]:
+    """One question per template, all of the same fact."""
     return [Question(kind, t.format(**slots), answer, fact) for t in templates]
 
 
 def gen_arithmetic(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Sums and products up to twenty, differences of up to ten from up to twenty."""
+    """Sums and products up to twenty; subtracting up to ten from up to twenty."""
     out = []
     for a in range(21):
         for b in range(11):
             x, y = NUMBERS[a], NUMBERS[b]
             if a <= 10:
-                tpl = ("what is {x} plus {y}", "add {x} and {y}", "what is the sum of {x} and {y}")
-                out += _phrasings("arithmetic", f"{a}+{b}", NUMBERS[a + b], tpl, x=x, y=y)
+                tpl = (
+                    "what is {x} plus {y}",
+                    "add {x} and {y}",
+                    "what is the sum of {x} and {y}",
+                )
+                out += _phrasings(
+                    "arithmetic", f"{a}+{b}", NUMBERS[a + b], tpl, x=x, y=y
+                )
             if a >= b:
-                tpl = ("what is {x} minus {y}", "take {y} from {x}", "subtract {y} from {x}")
-                out += _phrasings("arithmetic", f"{a}-{b}", NUMBERS[a - b], tpl, x=x, y=y)
+                tpl = (
+                    "what is {x} minus {y}",
+                    "take {y} from {x}",
+                    "subtract {y} from {x}",
+                )
+                out += _phrasings(
+                    "arithmetic", f"{a}-{b}", NUMBERS[a - b], tpl, x=x, y=y
+                )
             if a <= 10 and a * b <= 20:
-                tpl = ("what is {x} times {y}", "multiply {x} by {y}", "what is {x} multiplied by {y}")
-                out += _phrasings("arithmetic", f"{a}*{b}", NUMBERS[a * b], tpl, x=x, y=y)
+                tpl = (
+                    "what is {x} times {y}",
+                    "multiply {x} by {y}",
+                    "what is {x} multiplied by {y}",
+                )
+                out += _phrasings(
+                    "arithmetic", f"{a}*{b}", NUMBERS[a * b], tpl, x=x, y=y
+                )
     return out
 
 
@@ -133,27 +156,43 @@ def gen_neighbor(rng: random.Random, animals: list[Animal]) -> list[Question]:
                     f"what number comes {where} {{x}}",
                     f"tell me the number {where} {{x}}",
                 )
-                out += _phrasings("neighbor", f"{n}.{where}", NUMBERS[m], tpl, x=NUMBERS[n])
+                out += _phrasings(
+                    "neighbor", f"{n}.{where}", NUMBERS[m], tpl, x=NUMBERS[n]
+                )
     return out
 
 
 def gen_facts(rng: random.Random, animals: list[Animal]) -> list[Question]:
     """Questions about the fact table, three phrasings per fact."""
     templates = {
-        "color": ("what color is a {a}", "tell me the color of a {a}", "what is the color of a {a}"),
+        "color": (
+            "what color is a {a}",
+            "tell me the color of a {a}",
+            "what is the color of a {a}",
+        ),
         "legs": (
             "how many legs does a {a} have",
             "count the legs of a {a}",
             "tell me how many legs a {a} has",
         ),
-        "sound": ("what does a {a} say", "tell me the sound of a {a}", "what is the sound of a {a}"),
-        "home": ("where does a {a} live", "tell me the home of a {a}", "what is the home of a {a}"),
+        "sound": (
+            "what does a {a} say",
+            "tell me the sound of a {a}",
+            "what is the sound of a {a}",
+        ),
+        "home": (
+            "where does a {a} live",
+            "tell me the home of a {a}",
+            "what is the home of a {a}",
+        ),
     }
     out = []
     for animal in animals:
         for attr, tpl in templates.items():
             answer = getattr(animal, attr)
-            out += _phrasings("facts", f"{animal.name}.{attr}", answer, tpl, a=animal.name)
+            out += _phrasings(
+                "facts", f"{animal.name}.{attr}", answer, tpl, a=animal.name
+            )
     return out
 
 
@@ -161,7 +200,11 @@ def gen_yesno_fact(rng: random.Random, animals: list[Animal]) -> list[Question]:
     """Yes/no checks of the fact table: every true statement and as many false ones."""
     legs = sorted({a.legs for a in animals}, key=NUMBERS.index)
     color_tpl = ("is a {a} {v}", "is the color of a {a} {v}", "tell me if a {a} is {v}")
-    legs_tpl = ("does a {a} have {v} legs", "has a {a} got {v} legs", "tell me if a {a} has {v} legs")
+    legs_tpl = (
+        "does a {a} have {v} legs",
+        "has a {a} got {v} legs",
+        "tell me if a {a} has {v} legs",
+    )
     claims = [(a, c, c == a.color, color_tpl) for a in animals for c in COLORS]
     claims += [(a, n, n == a.legs, legs_tpl) for a in animals for n in legs]
     true = [c for c in claims if c[2]]
@@ -169,12 +212,14 @@ def gen_yesno_fact(rng: random.Random, animals: list[Animal]) -> list[Question]:
     out = []
     for animal, value, truth, tpl in true + false:
         fact = f"{animal.name}.{value}"
-        out += _phrasings("yesno_fact", fact, "yes" if truth else "no", tpl, a=animal.name, v=value)
+        out += _phrasings(
+            "yesno_fact", fact, "yes" if truth else "no", tpl, a=animal.name, v=value
+        )
     return out
 
 
 def gen_spell(rng: random.Random, animals: list[Animal]) -> list[Question]:
-    """Spelling (three phrasings) and first/last letters (one phrasing, so train only)."""
+    """Spelling (three phrasings); first/last letters (one phrasing: train only)."""
     out = []
     for word in COLORS + [a.name for a in animals]:
         tpl = ("spell {w}", "how do you spell {w}", "tell me the letters of {w}")
@@ -219,6 +264,7 @@ def _unique(make: Callable[[], tuple[str, str]], n: int) -> list[tuple[str, str]
 
 
 def _rule_kind(kind: str, pairs: list[tuple[str, str]]) -> list[Question]:
+    """Questions of a compositional kind: each question is its own fact."""
     return [Question(kind, q, a, q) for q, a in pairs]
 
 
@@ -250,7 +296,9 @@ def gen_category(rng: random.Random, animals: list[Animal]) -> list[Question]:
     names = [a.name for a in animals]
 
     def make() -> tuple[str, str]:
-        category, members, others = rng.choice((("color", COLORS, NUMBERS), ("number", NUMBERS, COLORS)))
+        category, members, others = rng.choice(
+            (("color", COLORS, NUMBERS), ("number", NUMBERS, COLORS))
+        )
         answer = rng.choice(members)
         words = [answer] + rng.sample(names + others, 2)
         rng.shuffle(words)
@@ -285,7 +333,9 @@ KINDS = (
 )
 
 
-def split_kind(kind: Kind, pool: list[Question], rng: random.Random) -> dict[str, list[Question]]:
+def split_kind(
+    kind: Kind, pool: list[Question], rng: random.Random
+) -> dict[str, list[Question]]:
     """Split one kind's questions into train/dev/test (see the module docstring)."""
     groups: dict[str, list[Question]] = {}
     for q in pool:
@@ -302,7 +352,9 @@ def split_kind(kind: Kind, pool: list[Question], rng: random.Random) -> dict[str
                 out[held].append(group.pop(rng.randrange(len(group))))
             out["train"] += group
         if len(out["test"]) < kind.n_test or len(out["dev"]) < kind.n_dev:
-            raise ValueError(f"kind {kind.name}: too few multi-phrasing facts to hold out")
+            raise ValueError(
+                f"kind {kind.name}: too few multi-phrasing facts to hold out"
+            )
     else:
         qs = [groups[f][0] for f in facts]
         n_train = len(qs) - kind.n_test - kind.n_dev
@@ -326,8 +378,10 @@ def build_questions(seed: int, animals: list[Animal]) -> dict[str, list[Question
     return splits
 
 
-def build_sentences(seed: int, animals: list[Animal], n: int, exclude: set[str]) -> list[str]:
-    """Plain (mostly true) statements over the same vocabulary, none equal to a question."""
+def build_sentences(
+    seed: int, animals: list[Animal], n: int, exclude: set[str]
+) -> list[str]:
+    """Plain, mostly true statements in the same vocabulary; none is a question."""
     rng = random.Random(f"{seed}-sentences")
     names = [a.name for a in animals]
     homes = sorted({a.home for a in animals})
@@ -360,7 +414,7 @@ def build_sentences(seed: int, animals: list[Animal], n: int, exclude: set[str])
 
 
 def world_words(texts: Iterable[str], animals: list[Animal]) -> list[str]:
-    """The words of ``texts`` plus the whole lexicon, so the list does not depend on the seed."""
+    """The words of ``texts`` plus the whole lexicon (seed-independent)."""
     words = set(NUMBERS + COLORS + VERBS + ADJECTIVES)
     words.update(value for a in animals for value in vars(a).values())
     words.update(w for text in texts for w in text.split())
@@ -368,7 +422,10 @@ def world_words(texts: Iterable[str], animals: list[Animal]) -> list[str]:
 
 
 def plan(
-    items: list[tuple[str, str, str, str | None]], voices: list[Voice], seed: int, name: str
+    items: list[tuple[str, str, str, str | None]],
+    voices: list[Voice],
+    seed: int,
+    name: str,
 ) -> list[dict[str, str]]:
     """Give each (id, text, kind, answer) one voice, balanced across ``voices``."""
     order = list(range(len(items)))
@@ -391,29 +448,43 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def write_world(out_dir: Path, seed: int, n_sentences: int, n_dev_sentences: int) -> None:
+def split_rows(
+    split: str, questions: list[Question], sentences: list[str]
+) -> tuple[list[dict], list[dict]]:
+    """The QA rows and sentence rows of one split, with ids unique across splits."""
+    qa = [
+        dict(
+            id=f"q{split[:2]}{i:05d}", kind=q.kind, question=q.question, answer=q.answer
+        )
+        for i, q in enumerate(questions)
+    ]
+    sents = [{"id": f"s{split[:2]}{i:05d}", "text": s} for i, s in enumerate(sentences)]
+    return qa, sents
+
+
+def write_world(
+    out_dir: Path, seed: int, n_sentences: int, n_dev_sentences: int
+) -> None:
     """Generate the world and write all of its files to ``out_dir``."""
     animals = load_facts()
     splits = build_questions(seed, animals)
     questions = {q.question for qs in splits.values() for q in qs}
     sentences = build_sentences(seed, animals, n_sentences + n_dev_sentences, questions)
-    sent_split = {"train": sentences[:n_sentences], "dev": sentences[n_sentences:], "test": []}
+    sent_split = {"train": sentences[:n_sentences], "dev": sentences[n_sentences:]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        qa = [
-            {"id": f"q{split[:2]}{i:05d}", "kind": q.kind, "question": q.question, "answer": q.answer}
-            for i, q in enumerate(splits[split])
-        ]
-        sents = [{"id": f"s{split[:2]}{i:05d}", "text": s} for i, s in enumerate(sent_split[split])]
+        qa, sents = split_rows(split, splits[split], sent_split.get(split, []))
         write_jsonl(out_dir / f"qa_{split}.jsonl", qa)
         if split != "test":
             write_jsonl(out_dir / f"sentences_{split}.jsonl", sents)
         items = [(r["id"], r["question"], r["kind"], r["answer"]) for r in qa]
         items += [(r["id"], r["text"], "sentence", None) for r in sents]
-        voices = [v for v in VOICES if v.split == ("test" if split == "test" else "train")]
+        voice_split = "test" if split == "test" else "train"
+        voices = [v for v in VOICES if v.split == voice_split]
         write_jsonl(out_dir / f"plan_{split}.jsonl", plan(items, voices, seed, split))
-        print(f"{split}: {len(qa)} questions, {len(sents)} sentences, {len(voices)} voices")
+        counts = f"{len(qa)} questions, {len(sents)} sentences, {len(voices)} voices"
+        print(f"{split}: {counts}")
 
     with open(out_dir / "voices.tsv", "w") as f:
         f.write("speaker\tespeak\trate\tpitch\tsplit\n")
@@ -428,15 +499,25 @@ def write_world(out_dir: Path, seed: int, n_sentences: int, n_dev_sentences: int
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out_dir", type=Path, required=True, help="where to write the world")
+    parser.add_argument(
+        "--out_dir", type=Path, required=True, help="where to write the world"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--num_sentences", type=int, default=600, help="train sentences")
-    parser.add_argument("--num_dev_sentences", type=int, default=50, help="dev sentences")
+    parser.add_argument(
+        "--num_sentences", type=int, default=600, help="train sentences"
+    )
+    parser.add_argument(
+        "--num_dev_sentences", type=int, default=50, help="dev sentences"
+    )
     args = parser.parse_args(argv)
     if args.num_sentences < 0 or args.num_dev_sentences < 0:
         sys.exit("mini_world.py: sentence counts must be >= 0")
-    write_world(args.out_dir, args.seed, args.num_sentences, args.num_dev_sentences)
+    try:
+        write_world(args.out_dir, args.seed, args.num_sentences, args.num_dev_sentences)
+    except ValueError as err:
+        sys.exit(f"mini_world.py: {err}")
 
 
 if __name__ == "__main__":

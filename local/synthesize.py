@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Synthesize an utterance plan with espeak-ng + sox into a Kaldi data dir.
 
-Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind, optional
-answer) and the voice table, writes one 16 kHz mono 16-bit wav per utterance under
-``--audio_dir`` and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``,
+Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind,
+optional answer) and the voice table; writes one 16 kHz mono 16-bit wav per utterance
+under ``--audio_dir`` and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``,
 ``utt2spk``, ``spk2utt``, ``utt2kind`` and, for question utterances, ``answer``.
 Lines are sorted in C-locale order. An utterance whose synthesis fails is reported on
 one line and left out; it is never fatal.
@@ -13,11 +13,13 @@ Example:
         --voices /tmp/world_run/world/voices.tsv --audio_dir /tmp/world_run/wav/dev \
         --data_dir /tmp/world_run/data/dev --nj 2
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,13 +30,19 @@ import soundfile
 from tqdm import tqdm
 
 # Trim espeak's leading/trailing silence (fewer frames to train on), keep 50 ms margins.
-SOX_EFFECTS = "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse pad 0.05 0.05".split()
+SOX_EFFECTS = (
+    "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse pad 0.05 0.05".split()
+)
 
 
 def load_voices(path: Path) -> dict[str, dict[str, str]]:
     """Map speaker id to its voices.tsv row (espeak, rate, pitch, split)."""
     with open(path, newline="") as f:
-        return {row["speaker"]: row for row in csv.DictReader(f, delimiter="\t")}
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = {"speaker", "espeak", "rate", "pitch"} - set(reader.fieldnames or [])
+        if missing:
+            sys.exit(f"synthesize.py: {path}: missing columns {sorted(missing)}")
+        return {row["speaker"]: row for row in reader}
 
 
 def load_plan(path: Path, voices: dict[str, dict[str, str]]) -> list[dict[str, str]]:
@@ -46,19 +54,36 @@ def load_plan(path: Path, voices: dict[str, dict[str, str]]) -> list[dict[str, s
                 row = json.loads(line)
                 utt, spk, text = row["utt"], row["speaker"], row["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                sys.exit(f"synthesize.py: {path}:{n}: expected JSON with utt, speaker, text")
+                sys.exit(
+                    f"synthesize.py: {path}:{n}: expected JSON with utt, speaker, text"
+                )
             if spk not in voices:
-                sys.exit(f"synthesize.py: {path}:{n}: speaker {spk!r} not in the voice table")
+                sys.exit(
+                    f"synthesize.py: {path}:{n}: speaker {spk!r} not in the voice table"
+                )
             if not utt.startswith(spk) or not text.strip():
-                sys.exit(f"synthesize.py: {path}:{n}: utt must start with speaker; text non-empty")
+                sys.exit(
+                    f"synthesize.py: {path}:{n}: utt must start with the speaker id "
+                    "and text must not be empty"
+                )
             rows.append(row)
+    if not rows:
+        sys.exit(f"synthesize.py: {path} is empty")
     return rows
 
 
 def synthesize(text: str, voice: dict[str, str], wav: Path) -> None:
     """Speak ``text`` with one voice into ``wav``; raises RuntimeError on failure."""
     # Text goes through stdin so that it can never be read as an espeak option.
-    speak = ["espeak-ng", "-v", voice["espeak"], "-s", voice["rate"], "-p", voice["pitch"]]
+    speak = [
+        "espeak-ng",
+        "-v",
+        voice["espeak"],
+        "-s",
+        voice["rate"],
+        "-p",
+        voice["pitch"],
+    ]
     raw = subprocess.run(speak + ["--stdout"], input=text.encode(), capture_output=True)
     if raw.returncode != 0 or not raw.stdout:
         raise RuntimeError(f"espeak-ng: {raw.stderr.decode().strip() or 'no audio'}")
@@ -70,9 +95,13 @@ def synthesize(text: str, voice: dict[str, str], wav: Path) -> None:
         raise RuntimeError("sox: empty audio")
 
 
-def write_data_dir(data_dir: Path, rows: list[dict[str, str]], wavs: dict[str, Path]) -> None:
+def write_data_dir(
+    data_dir: Path, rows: list[dict[str, str]], wavs: dict[str, Path]
+) -> None:
     """Write the Kaldi files for the utterances that were synthesized."""
-    rows = sorted((r for r in rows if r["utt"] in wavs), key=lambda r: r["utt"].encode())
+    rows = sorted(
+        (r for r in rows if r["utt"] in wavs), key=lambda r: r["utt"].encode()
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "wav.scp": [f"{r['utt']} {wavs[r['utt']]}" for r in rows],
@@ -93,11 +122,14 @@ def write_data_dir(data_dir: Path, rows: list[dict[str, str]], wavs: dict[str, P
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", type=Path, required=True, help="plan_<set>.jsonl")
     parser.add_argument("--voices", type=Path, required=True, help="voices.tsv")
     parser.add_argument("--audio_dir", type=Path, required=True, help="where wavs go")
-    parser.add_argument("--data_dir", type=Path, required=True, help="Kaldi dir to write")
+    parser.add_argument(
+        "--data_dir", type=Path, required=True, help="Kaldi dir to write"
+    )
     parser.add_argument("--nj", type=int, default=2, help="parallel synthesis jobs")
     args = parser.parse_args(argv)
     for path in (args.plan, args.voices):
@@ -105,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"synthesize.py: no such file: {path}")
     if args.nj < 1:
         sys.exit("synthesize.py: --nj must be >= 1")
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            sys.exit(f"synthesize.py: {tool} is not installed")
 
     voices = load_voices(args.voices)
     rows = load_plan(args.plan, voices)
@@ -116,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             synthesize(row["text"], voices[row["speaker"]], wav)
         except (RuntimeError, OSError) as err:
-            tqdm.write(f"synthesize.py: skipped {row['utt']}: {err}")
+            tqdm.write(f"synthesize.py: skipped {row['utt']}: {err}", file=sys.stderr)
             return row["utt"], None
         return row["utt"], wav
 
@@ -125,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     with ThreadPoolExecutor(args.nj) as pool:
         done = list(tqdm(pool.map(job, rows), total=len(rows), desc=args.data_dir.name))
     wavs = {utt: wav for utt, wav in done if wav is not None}
+    if not wavs:
+        sys.exit(f"synthesize.py: every utterance of {args.plan} failed")
     write_data_dir(args.data_dir, rows, wavs)
     seconds = sum(soundfile.info(str(w)).duration for w in wavs.values())
     print(

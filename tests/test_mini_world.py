@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
@@ -117,33 +118,23 @@ def oracle(question: str) -> str | None:
 def fact_oracle(question: str) -> str | None:
     """Answers for the questions about the fact table, looked up in the table."""
     animals = {a.name: a for a in mini_world.load_facts()}
-    lookups = [
-        (
-            r"(?:what color is|tell me the color of|what is the color of) a (\w+)",
-            "color",
-        ),
-        (
-            r"(?:how many legs does a (\w+) have|count the legs of a (\w+)|tell me how many legs a (\w+) has)",
-            "legs",
-        ),
-        (
-            r"(?:what does a (\w+) say|tell me the sound of a (\w+)|what is the sound of a (\w+))",
-            "sound",
-        ),
-        (
-            r"(?:where does a (\w+) live|tell me the home of a (\w+)|what is the home of a (\w+))",
-            "home",
-        ),
-    ]
-    for pattern, attr in lookups:
-        m = re.fullmatch(pattern, question)
-        if m:
-            return getattr(animals[next(g for g in m.groups() if g)], attr)
-    claims = [
-        (r"(?:is a|is the color of a|tell me if a) (\w+) (?:is )?(\w+)", "color"),
-        (r"(?:does a|has a|tell me if a) (\w+) (?:have|got|has) (\w+) legs", "legs"),
-    ]
-    for pattern, attr in claims:
+    lookups = {
+        "color": "what color is a X|tell me the color of a X|what is the color of a X",
+        "legs": "how many legs does a X have|count the legs of a X"
+        "|tell me how many legs a X has",
+        "sound": "what does a X say|tell me the sound of a X|what is the sound of a X",
+        "home": "where does a X live|tell me the home of a X|what is the home of a X",
+    }
+    for attr, patterns in lookups.items():
+        for pattern in patterns.split("|"):
+            m = re.fullmatch(pattern.replace("X", r"(\w+)"), question)
+            if m:
+                return getattr(animals[m.group(1)], attr)
+    claims = {
+        "color": r"(?:is a|is the color of a|tell me if a) (\w+) (?:is )?(\w+)",
+        "legs": r"(?:does a|has a|tell me if a) (\w+) (?:have|got|has) (\w+) legs",
+    }
+    for attr, pattern in claims.items():
         m = re.fullmatch(pattern, question)
         if m:
             return "yes" if getattr(animals[m.group(1)], attr) == m.group(2) else "no"
@@ -183,64 +174,37 @@ def test_tokenizer_piecewise_property(world: Path) -> None:
         ids, labels = train_mini_llm.encode_example(
             tok, pieces, row["question"], row["answer"]
         )
-        # The rendered assistant turn ends with "<|eot|>\n"; the trained layout stops at <|eot|>.
+        # The whole rendered conversation equals the trained layout, token for token.
         assert whole["input_ids"] == ids
         assert [t for t in labels if t != train_mini_llm.IGNORE][-1] == tok.eos_token_id
 
 
 @pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-    reason="no espeak-ng/sox",
+    reason="needs espeak-ng and sox",
 )
 def test_synthesis_two_utterances(
-    tmp_path: Path,
-    world: Path,
-    capsys: pytest.CaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, world: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
-    monkeypatch.chdir(
-        tmp_path
-    )  # a relative --audio_dir must still give absolute wav.scp paths
-    plan = tmp_path / "plan.jsonl"
+    # A relative --audio_dir must still give absolute paths in wav.scp.
+    monkeypatch.chdir(tmp_path)
     rows = [
-        {
-            "utt": "tr02-q1",
-            "speaker": "tr02",
-            "text": "what is two plus two",
-            "kind": "arithmetic",
-            "answer": "four",
-        },
-        {
-            "utt": "tr01-s1",
-            "speaker": "tr01",
-            "text": "the red cow sleeps",
-            "kind": "sentence",
-        },
-        {
-            "utt": "bad1-s2",
-            "speaker": "bad1",
-            "text": "the red cow sleeps",
-            "kind": "sentence",
-        },
+        ("tr02-q1", "tr02", "what is two plus two", "four"),
+        ("tr01-s1", "tr01", "the red cow sleeps", None),
+        ("bad1-s2", "bad1", "the red cow sleeps", None),
     ]
-    plan.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = tmp_path / "plan.jsonl"
+    with open(plan, "w") as f:
+        for utt, spk, text, answer in rows:
+            row = {"utt": utt, "speaker": spk, "text": text, "kind": "x"}
+            f.write(json.dumps(row | ({"answer": answer} if answer else {})) + "\n")
     voices = tmp_path / "voices.tsv"
-    voices.write_text(
-        (world / "voices.tsv").read_text() + "bad1\tno-such-voice\t150\t50\ttrain\n"
-    )
+    bad_voice = "bad1\tnosuchvoice\t150\t50\ttrain\n"
+    voices.write_text((world / "voices.tsv").read_text() + bad_voice)
     data = tmp_path / "data"
-    argv = [
-        "--plan",
-        str(plan),
-        "--voices",
-        str(voices),
-        "--audio_dir",
-        "wav",
-        "--data_dir",
-        str(data),
-    ]
-    synthesize.main(argv + ["--nj", "2"])
-    assert "skipped bad1-s2" in capsys.readouterr().out
+    argv = f"--plan {plan} --voices {voices} --audio_dir wav --data_dir {data}"
+    synthesize.main(argv.split() + ["--nj", "2"])
+    assert "skipped bad1-s2" in capsys.readouterr().err
     lines = {f.name: f.read_text().splitlines() for f in data.iterdir()}
     assert [x.split()[0] for x in lines["wav.scp"]] == ["tr01-s1", "tr02-q1"]
     assert lines["text"] == [
@@ -248,6 +212,7 @@ def test_synthesis_two_utterances(
         "tr02-q1 what is two plus two",
     ]
     assert lines["spk2utt"] == ["tr01 tr01-s1", "tr02 tr02-q1"]
+    assert lines["utt2spk"] == ["tr01-s1 tr01", "tr02-q1 tr02"]
     assert lines["answer"] == ["tr02-q1 four"]
     for line in lines["wav.scp"]:
         path = Path(line.split()[1])
@@ -257,32 +222,25 @@ def test_synthesis_two_utterances(
 
 
 def test_llm_trainer_writes_a_loadable_model(world: Path, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out = tmp_path / "llm"
-    tiny = "--hidden_size 32 --intermediate_size 64 --num_layers 1 --num_heads 2 --num_kv_heads 1"
-    argv = [
-        "--world_dir",
-        str(world),
-        "--out_dir",
-        str(out),
-        "--steps",
-        "3",
-        "--warmup_steps",
-        "1",
-    ]
+    tiny = "--hidden_size 32 --intermediate_size 64 --num_layers 1 --num_heads 2"
+    fast = "--num_kv_heads 1 --steps 3 --warmup_steps 1 --max_new_tokens 4"
     train_mini_llm.main(
-        argv + tiny.split() + ["--max_new_tokens", "4", "--num_threads", "1"]
+        f"--world_dir {world} --out_dir {out} {tiny} {fast} --num_threads 1".split()
     )
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    assert (
-        model.generation_config.eos_token_id
-        == tok.eos_token_id
-        == tok.convert_tokens_to_ids("<|eot|>")
-    )
+    eot = tok.convert_tokens_to_ids("<|eot|>")
+    assert model.generation_config.eos_token_id == tok.eos_token_id == eot
     assert tok.chat_template == train_mini_llm.CHAT_TEMPLATE
     assert "model.embed_tokens.weight" in dict(model.named_parameters())
+    # Used exactly as a hub chat model: template, tokenizer, generate, decode.
+    chat = [{"role": "user", "content": "what is two plus two"}]
+    prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
+    assert isinstance(
+        tok.decode(model.generate(**ids)[0], skip_special_tokens=True), str
+    )
     results = json.loads((out / "accuracy.json").read_text())
     assert 0 <= results["test"]["accuracy"] <= 1 and results["test"]["n"] > 0
     assert (out / "train_loss.png").stat().st_size > 0

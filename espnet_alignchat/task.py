@@ -208,9 +208,10 @@ class AlignChatTask(AbsTask):
             if args.specaug is not None
             else None
         )
+        # Collecting statistics produces what global_mvn reads, and uses only the frontend.
         normalize = (
             normalize_choices.get_class(args.normalize)(**args.normalize_conf)
-            if args.normalize is not None
+            if args.normalize is not None and not args.collect_stats
             else None
         )
         encoder = encoder_choices.get_class(args.encoder)(

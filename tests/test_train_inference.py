@@ -97,6 +97,8 @@ def trained(tmp_path_factory, tiny_llm):
         ["--llm", str(tiny_llm), "--output_dir", str(stats), "--collect_stats", "true"]
         + ["--frontend_conf", "n_fft=256", "--frontend_conf", "hop_length=160"]
         + ["--frontend_conf", "n_mels=20", "--batch_type", "unsorted"]
+        # The statistics global_mvn will read do not exist yet: collecting them needs none.
+        + ["--normalize", "global_mvn"]
         + ["--num_workers", "0"]
         + data_args(data, "train", False)
         + data_args(data, "valid", False)

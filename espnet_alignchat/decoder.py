@@ -186,10 +186,16 @@ class SpeechTokenDecoder(nn.Module):
     ):
         super().__init__()
         self.attention_dim = attention_dim
-        self.input_proj = nn.Linear(llm_hidden_size, attention_dim)
-        # The first step has no previous token: it starts from a learned vector instead of any
-        # LLM token, so no special token of the LLM is given a new meaning.
-        self.start = nn.Parameter(torch.randn(attention_dim) * 0.02)
+        # LLM embedding rows are small (norm ~0.5 for Llama-3 and the mini LLM) next to the
+        # positional encodings (norm ~sqrt(d/2)): normalizing the projected rows keeps the
+        # token's identity from being drowned out by its position.
+        self.input_proj = nn.Sequential(
+            nn.Linear(llm_hidden_size, attention_dim), nn.LayerNorm(attention_dim)
+        )
+        # The first step has no previous token: it starts from a learned vector (at the scale
+        # of the normalized rows) instead of any LLM token, so no special token of the LLM is
+        # given a new meaning.
+        self.start = nn.Parameter(torch.randn(attention_dim))
         self.memory_proj = (
             nn.Linear(encoder_output_size, attention_dim)
             if encoder_output_size != attention_dim
@@ -211,12 +217,12 @@ class SpeechTokenDecoder(nn.Module):
 
     def _inputs(self, previous: Optional[torch.Tensor], offset: int, batch: int):
         """Project LLM embeddings of previous tokens and prepend the start vector at step 0."""
-        param = self.input_proj.weight
+        dtype = self.start.dtype
         parts = []
         if offset == 0:
             parts.append(self.start.expand(batch, 1, -1))
         if previous is not None:
-            parts.append(self.input_proj(previous.to(param.dtype)))
+            parts.append(self.input_proj(previous.to(dtype)))
         x = torch.cat(parts, dim=1)
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         x = x + sinusoidal_positions(positions, self.attention_dim, x.dtype)

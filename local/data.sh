@@ -21,13 +21,14 @@ stage=1
 stop_stage=2
 nj=2
 seed=0
+max_utts=0  # per set, for quick runs (0: the whole world)
 world_dir=data/local/world
 data_dir=data
 
-usage="Usage: $0 [--stage N] [--stop_stage N] [--nj N] [--seed N] [--world_dir DIR] [--data_dir DIR]"
+usage="Usage: $0 [--stage N] [--stop_stage N] [--nj N] [--seed N] [--max_utts N] [--world_dir DIR] [--data_dir DIR]"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --stage|--stop_stage|--nj|--seed|--world_dir|--data_dir)
+        --stage|--stop_stage|--nj|--seed|--max_utts|--world_dir|--data_dir)
             [ $# -ge 2 ] || { echo "$0: $1 needs a value" >&2; exit 1; }
             declare "${1#--}=$2"
             shift 2
@@ -52,6 +53,6 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     for set in train dev test; do
         python "${local_dir}/synthesize.py" --plan "${world_dir}/plan_${set}.jsonl" \
             --voices "${world_dir}/voices.tsv" --audio_dir "${world_dir}/wav/${set}" \
-            --data_dir "${data_dir}/${set}" --nj "${nj}"
+            --data_dir "${data_dir}/${set}" --nj "${nj}" --max_utts "${max_utts}"
     done
 fi

@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         "--data_dir", type=Path, required=True, help="Kaldi dir to write"
     )
     parser.add_argument("--nj", type=int, default=2, help="parallel synthesis jobs")
+    parser.add_argument(
+        "--max_utts",
+        type=int,
+        default=0,
+        help="synthesize only this many utterances, evenly spread over the plan (0: all)",
+    )
     args = parser.parse_args(argv)
     for path in (args.plan, args.voices):
         if not path.is_file():
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
 
     voices = load_voices(args.voices)
     rows = load_plan(args.plan, voices)
+    if 0 < args.max_utts < len(rows):  # a quick run: every voice and kind still appear
+        rows = rows[:: len(rows) // args.max_utts][: args.max_utts]
     audio_dir = args.audio_dir.resolve()
     audio_dir.mkdir(parents=True, exist_ok=True)
 

@@ -31,6 +31,8 @@ expdir=exp
 corpus_dir=${CORPUS_DIR}  # an existing ESPnet recipe dir (e.g. .../egs2/librispeech/asr1);
                           # empty: the embedded mini world
 corpus_subdir=data    # where its sets are: data or dump/raw
+local_data_opts=""    # options of local/data.sh (the mini world), e.g. "--max_utts 100"
+mini_llm_opts=""      # options of local/train_mini_llm.py, e.g. "--steps 200"
 train_set=train
 valid_set=dev
 test_sets="test"
@@ -50,6 +52,8 @@ pretrain_config=conf/train_pretrain.yaml
 instruct_config=conf/train_instruct.yaml
 pretrain_tag=""       # experiment names (default: from the config names)
 instruct_tag=""
+stats_dir=""          # feature statistics (default: exp/stats); recompute them (remove the
+                      # dir) when the frontend changes
 pretrain_args=""      # extra options of alignchat_train, e.g. "--max_epoch 20"
 instruct_args=""
 pretrain_model=valid.acc.ave.pth  # stage-1 checkpoint that initialises stage 2
@@ -76,7 +80,7 @@ See the options and their defaults at the top of $0."
 [ -n "${inference_tag}" ] || inference_tag=decode_$(basename "${inference_config}" .yaml)
 pretrain_exp=${expdir}/${pretrain_tag}
 instruct_exp=${expdir}/${instruct_tag}
-stats_dir=${expdir}/stats_${pretrain_tag}
+[ -n "${stats_dir}" ] || stats_dir=${expdir}/stats
 mini_llm=${expdir}/mini_llm
 [ -n "${llm}" ] || llm=${mini_llm}
 prompt_opts=(--user_template "${user_template}")
@@ -170,12 +174,15 @@ if run_stage 1; then
             mark_done "data/${set}"
         done
     elif ! is_done data; then
-        local/data.sh --nj "${nj}"
+        # shellcheck disable=SC2086
+        local/data.sh --nj "${nj}" ${local_data_opts}
         mark_done data
     fi
     if [ "${llm}" = "${mini_llm}" ] && ! is_done "${mini_llm}"; then
         log "training the mini chat LLM -> ${mini_llm}"
-        ${python} local/train_mini_llm.py --world_dir data/local/world --out_dir "${mini_llm}"
+        # shellcheck disable=SC2086
+        ${python} local/train_mini_llm.py --world_dir data/local/world \
+            --out_dir "${mini_llm}" ${mini_llm_opts}
         mark_done "${mini_llm}"
     fi
     finish_stage 1

@@ -33,6 +33,12 @@ from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
 
 from espnet_alignchat.decoder import SpeechTokenDecoder
+from espnet_alignchat.encoders import (
+    ConfigError,
+    HFSSLEncoder,
+    HFWhisperEncoder,
+    WaveformEncoder,
+)
 from espnet_alignchat.llm import (
     DTYPES,
     SPEECH_PLACEHOLDER,
@@ -48,6 +54,7 @@ frontend_choices = ClassChoices(
     classes=dict(default=DefaultFrontend),
     type_check=AbsFrontend,
     default="default",
+    optional=True,  # none: the encoder reads the waveform (whisper, hf_ssl)
 )
 specaug_choices = ClassChoices(
     name="specaug",
@@ -70,6 +77,8 @@ encoder_choices = ClassChoices(
         transformer=TransformerEncoder,
         e_branchformer=EBranchformerEncoder,
         branchformer=BranchformerEncoder,
+        whisper=HFWhisperEncoder,
+        hf_ssl=HFSSLEncoder,
     ),
     type_check=AbsEncoder,
     default="conformer",
@@ -186,10 +195,18 @@ class AlignChatTask(AbsTask):
         return ("text", "response") if inference else ("response",)
 
     @classmethod
-    def build_model(cls, args: argparse.Namespace) -> AlignChatModel:
+    def build_model(
+        cls, args: argparse.Namespace, read_llm: bool = True
+    ) -> AlignChatModel:
+        """The speech tokenizer for the LLM ``args.llm``.
+
+        ``read_llm=False`` reads the LLM's ``config.json`` alone (no embeddings, no tokenizer),
+        e.g. to plan memory: such a model has no LLM fingerprint and no end token.
+        """
         llm = FrozenLLM(args.llm, args.llm_dtype, args.trust_remote_code)
         fingerprint = None
-        if not args.collect_stats:  # feature statistics need no LLM weights
+        # Feature statistics need no LLM weights; planning reads the LLM's config alone.
+        if read_llm and not args.collect_stats:
             fingerprint = llm.fingerprint
             if (
                 args.llm_fingerprint
@@ -197,7 +214,14 @@ class AlignChatTask(AbsTask):
                 fingerprint.check_same_llm(LLMFingerprint(**args.llm_fingerprint))
             args.llm_fingerprint = dataclasses.asdict(fingerprint)
 
-        if args.input_size is None:
+        encoder_class = encoder_choices.get_class(args.encoder)
+        if issubclass(encoder_class, WaveformEncoder):
+            check_waveform_options(args)
+            args.frontend, args.frontend_conf = None, {}
+            # No features, so no statistics to collect: the stats jobs only measure shapes.
+            args.model_conf["extract_feats_in_collect_stats"] = False
+            frontend, input_size = None, 1
+        elif args.input_size is None:
             frontend = frontend_choices.get_class(args.frontend)(**args.frontend_conf)
             input_size = frontend.output_size()
         else:
@@ -214,13 +238,11 @@ class AlignChatTask(AbsTask):
             if args.normalize is not None and not args.collect_stats
             else None
         )
-        encoder = encoder_choices.get_class(args.encoder)(
-            input_size=input_size, **args.encoder_conf
-        )
+        encoder = encoder_class(input_size=input_size, **args.encoder_conf)
         decoder = SpeechTokenDecoder(
             llm.hidden_size, encoder.output_size(), **args.decoder_conf
         )
-        if args.model_conf.get("end_token_id") is None:
+        if read_llm and args.model_conf.get("end_token_id") is None:
             # Written into config.yaml, so inference uses the id the model was trained with.
             args.model_conf["end_token_id"] = llm.tokenizer.eos_token_id
         return AlignChatModel(
@@ -234,4 +256,22 @@ class AlignChatTask(AbsTask):
             system_prompt=args.system_prompt,
             user_template=args.user_template,
             **args.model_conf,
+        )
+
+
+def check_waveform_options(args: argparse.Namespace) -> None:
+    """A waveform encoder computes its own features: no frontend, normalize or specaug."""
+    name = args.encoder
+    if args.frontend is not None and args.input_size is None:
+        raise ConfigError(f"encoder {name} reads the waveform: set frontend: none")
+    if args.input_size not in (None, 1):
+        raise ConfigError(
+            f"encoder {name} reads the waveform (input_size 1): {args.input_size}"
+        )
+    if args.normalize is not None:
+        raise ConfigError(f"encoder {name} reads the waveform: set normalize: none")
+    if args.specaug is not None:
+        raise ConfigError(
+            f"encoder {name} reads the waveform: set specaug: none (whisper applies "
+            "SpecAugment to its log-mels with encoder_conf.specaug_conf)"
         )

@@ -33,6 +33,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["espnet_alignchat", "espnet_alignchat.*"]),
     install_requires=install_requires,
+    entry_points={
+        "console_scripts": ["espnet-alignchat=espnet_alignchat.__main__:main"]
+    },
     extras_require={"test": ["pytest>=7", "black", "isort"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,44 +1,52 @@
-"""`Speech2Chat`: a trained AlignChat model and its frozen LLM, ready to transcribe and answer.
+"""`Speech2Chat`: talk to a trained AlignChat model from Python.
 
-chat = Speech2Chat.from_model_dir("exp/alignchat_instruct", device="cuda")
-hypotheses = chat.transcribe([waveform_16k])
-print(chat.detokenize(hypotheses[0].token_ids), chat.respond(hypotheses)[0])
+    from espnet_alignchat.inference import Speech2Chat
+
+    chat = Speech2Chat.from_pretrained("exp/train_instruct")  # or a packed "model.zip"
+    chat("question.wav")                    # the frozen LLM's answer to the speech
+    chat.transcribe("question.wav")         # what the speech tokenizer heard
+    chat(["a.flac", (samples, 8000), tensor_at_16k])  # a batch: a list of answers
+    history = [{"role": "user", "speech": "a.wav"}, {"role": "assistant", "content": "five"}]
+    chat("b.wav", history=history)          # a multi-turn conversation
+    for piece in chat.stream_reply([{"role": "user", "speech": "a.wav"}]):
+        print(piece, end="", flush=True)    # the answer as the LLM writes it
+
+Speech is a file path (any format soundfile reads, at any sample rate), ``(samples, rate)``,
+a ``{"array": samples, "sampling_rate": rate}`` dict (Hugging Face datasets, VoiceBench), or
+samples (numpy or torch) at the model's `sample_rate`; a ``list`` of these is a batch.
+A conversation is a list of messages: ``{"role": "user", "speech": ...}``,
+``{"role": "user", "content": "typed text"}`` and ``{"role": "assistant", "content": ...}``.
 """
 
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from threading import Thread
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import yaml
+from transformers import TextIteratorStreamer
 
+from espnet_alignchat.datadir import read_audio, resample
+from espnet_alignchat.llm import PromptError, PromptPiece, Turn
 from espnet_alignchat.model import AlignChatModel
+from espnet_alignchat.model_dir import (
+    find_model_file,
+    locate_llm,
+    read_config,
+    resolve_paths,
+)
+from espnet_alignchat.packing import unpacked
+from espnet_alignchat.preprocessor import InputError, check_speech
 from espnet_alignchat.search import Hypothesis
 from espnet_alignchat.task import AlignChatTask
 
-# What ESPnet's n-best averaging leaves behind, best first, for the two training modes.
-MODEL_FILES = (
-    "valid.acc_response.ave.pth",
-    "valid.acc.ave.pth",
-    "valid.loss.ave.pth",
-    "latest.pth",
-)
-
-
-def find_model_file(model_dir: Path, model_file: Optional[str] = None) -> Path:
-    """`model_file` inside `model_dir` (or as given), else the first of `MODEL_FILES` found."""
-    if model_file is not None:
-        path = Path(model_file)
-        path = path if path.is_file() else model_dir / model_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{model_dir}: no model file {model_file}")
-        return path
-    for name in MODEL_FILES:
-        if (model_dir / name).is_file():
-            return model_dir / name
-    raise FileNotFoundError(f"{model_dir}: none of {', '.join(MODEL_FILES)}")
+# A path, (samples, rate), {"array", "sampling_rate"}, samples, or a decoded Hypothesis.
+Speech = Any
+Message = Dict[
+    str, Any
+]  # {"role": ..., "content": text} or {"role": "user", "speech": ...}
 
 
 def load_model(
@@ -49,23 +57,72 @@ def load_model(
 ) -> AlignChatModel:
     """Rebuild a trained model from its ``config.yaml`` and checkpoint.
 
-    `llm` replaces the configured LLM path (e.g. the same LLM stored elsewhere); the model's
-    LLM fingerprint makes sure it is the same LLM.
+    Relative paths of the config are found from the model dir (see `model_dir`). `llm`
+    replaces the configured LLM (e.g. the same LLM stored elsewhere); the model's LLM
+    fingerprint makes sure it is the same LLM.
     """
     model_dir = Path(model_dir)
-    with open(model_dir / "config.yaml", encoding="utf-8") as f:
-        args = argparse.Namespace(**yaml.safe_load(f))
-    if llm is not None:
-        args.llm = llm
-    model = AlignChatTask.build_model(args)
+    config = read_config(model_dir)
+    resolve_paths(config, model_dir)
+    config["llm"] = llm or locate_llm(config["llm"], model_dir, str(model_dir))
+    if "load_pretrained" in config["encoder_conf"]:
+        # A pretrained encoder's weights are in the checkpoint: build its architecture only.
+        config["encoder_conf"]["load_pretrained"] = False
+    model = AlignChatTask.build_model(argparse.Namespace(**config))
     path = find_model_file(model_dir, model_file)
     logging.info(f"Loading {path}")
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
 
+def load_speech(speech: Speech, rate: int, name: str) -> np.ndarray:
+    """One utterance as mono float32 samples at `rate`; errors name the file or `name`."""
+    if isinstance(speech, (str, Path)):
+        name = str(speech)
+        try:
+            samples, source_rate = read_audio(name)
+        except Exception as error:  # soundfile, kaldiio and pipes raise many kinds
+            raise InputError(f"{name}: cannot read audio: {error}") from error
+    elif isinstance(speech, dict):
+        if not {"array", "sampling_rate"} <= speech.keys():
+            raise InputError(f"{name}: an audio dict has 'array' and 'sampling_rate'")
+        samples, source_rate = speech["array"], speech["sampling_rate"]
+    elif isinstance(speech, tuple):
+        if len(speech) != 2:
+            raise InputError(f"{name}: speech as a tuple is (samples, sample rate)")
+        samples, source_rate = speech
+    else:
+        samples, source_rate = speech, rate
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().numpy()
+    samples = np.asarray(samples, dtype=np.float32)
+    return check_speech(name, resample(samples, int(source_rate), rate))
+
+
+def _stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """The pieces without the whitespace around the whole text, as `FrozenLLM.decode` has it."""
+    pending, started = "", False
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        text = pending + piece
+        body = text.rstrip()
+        pending = text[len(body) :]  # held back until more text follows it
+        if body:
+            yield body
+
+
 class Speech2Chat:
-    """Speech in, transcript and the frozen LLM's answer out; batched."""
+    """Speech in, transcript and the frozen LLM's answer out; batched and multi-turn.
+
+    Args:
+        model: a trained `AlignChatModel` (see `from_pretrained`).
+        beam_size, maxlenratio, max_tokens, length_bonus, output_mode: the speech tokenizer's
+            decoding (`AlignChatModel.transcribe`).
+        system_prompt: the LLM's system message (default: the one the model was trained with).
+        generation: default options of `FrozenLLM.generate_ids` (``max_new_tokens``, ...).
+    """
 
     def __init__(
         self,
@@ -79,7 +136,7 @@ class Speech2Chat:
         generation: Optional[Dict[str, Any]] = None,
     ):
         self.model = model
-        self.llm = model.llm
+        self.llm = model.llm.to(self.device)  # also when it only answers text
         self.decoding = dict(
             beam_size=beam_size,
             maxlenratio=maxlenratio,
@@ -87,23 +144,36 @@ class Speech2Chat:
             length_bonus=length_bonus,
             output_mode=output_mode,
         )
-        self.layout = (
-            model.prompt_layout
-            if system_prompt is None
-            else self.llm.prompt_layout(system_prompt, model.user_template)
+        self.system_prompt = (
+            model.system_prompt if system_prompt is None else system_prompt
         )
         self.generation = generation or {}
 
     @classmethod
-    def from_model_dir(
+    def from_pretrained(
         cls,
-        model_dir: Union[str, Path],
-        model_file: Optional[str] = None,
+        path: Union[str, Path],
         llm: Optional[str] = None,
-        device: Union[str, torch.device] = "cpu",
+        device: Union[str, torch.device, None] = None,
+        model_file: Optional[str] = None,
         **options,
     ) -> "Speech2Chat":
-        return cls(load_model(model_dir, model_file, llm, device), **options)
+        """A model dir (``config.yaml`` and checkpoints) or a file written by ``pack``.
+
+        `llm` (a local dir or hub id) replaces the LLM reference the model holds; the
+        fingerprint check refuses another LLM. `device` defaults to CUDA when there is one.
+        `model_file` picks a checkpoint of a model dir. `options` go to the constructor.
+        """
+        path = Path(path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if path.is_dir():
+            return cls(load_model(path, model_file, llm, device), **options)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such model dir or packed model")
+        with unpacked(path) as (model_dir, checkpoint):
+            llm = llm or locate_llm(read_config(model_dir)["llm"], model_dir, str(path))
+            return cls(load_model(model_dir, str(checkpoint), llm, device), **options)
 
     @property
     def device(self) -> torch.device:
@@ -114,28 +184,170 @@ class Speech2Chat:
         frontend = self.model.frontend
         return getattr(frontend, "fs", 16000) if frontend is not None else 16000
 
-    def transcribe(self, speech: Sequence[np.ndarray]) -> List[Hypothesis]:
-        """Decode each waveform (mono, at `sample_rate`) into LLM tokens and their vectors."""
-        lengths = torch.tensor([len(samples) for samples in speech])
-        batch = torch.zeros(len(speech), int(lengths.max()))
-        for row, samples in enumerate(speech):
-            batch[row, : len(samples)] = torch.from_numpy(np.asarray(samples))
+    # -- the speech tokenizer ----------------------------------------------------------------
+    def hypotheses(self, speech: Union[Speech, List[Speech]]) -> List[Hypothesis]:
+        """Decode speech (one or a list) into LLM token ids and their vectors, as a batch.
+
+        Hypotheses given in place of speech are passed through.
+        """
+        items = speech if isinstance(speech, list) else [speech]
+        results = list(items)
+        todo = [i for i, item in enumerate(items) if not isinstance(item, Hypothesis)]
+        waveforms = [
+            load_speech(items[i], self.sample_rate, f"speech {i}") for i in todo
+        ]
+        if waveforms:
+            for i, hypothesis in zip(todo, self._decode(waveforms)):
+                results[i] = hypothesis
+        return results
+
+    def _decode(self, waveforms: Sequence[np.ndarray]) -> List[Hypothesis]:
+        lengths = torch.tensor([len(samples) for samples in waveforms])
+        batch = torch.zeros(len(waveforms), int(lengths.max()))
+        for row, samples in enumerate(waveforms):
+            batch[row, : len(samples)] = torch.from_numpy(samples)
         return self.model.transcribe(
             batch.to(self.device), lengths.to(self.device), **self.decoding
         )
 
-    def respond(self, hypotheses: Sequence[Hypothesis], **generation) -> List[str]:
-        """The LLM's answers with each utterance's speech vectors as the user's turn."""
-        layout = self.layout
-        prompts = [[layout.prefix, h.vectors, layout.suffix] for h in hypotheses]
-        return self.llm.generate(
-            self.llm.build_inputs(prompts), **{**self.generation, **generation}
+    def transcribe(self, speech: Union[Speech, List[Speech]]) -> Union[str, List[str]]:
+        """What the speech tokenizer heard, as text (a list for a list)."""
+        texts = [self.llm.decode(h.token_ids) for h in self.hypotheses(speech)]
+        return texts if isinstance(speech, list) else texts[0]
+
+    # -- answers -----------------------------------------------------------------------------
+    def __call__(
+        self,
+        speech: Union[Speech, List[Speech]],
+        history: Optional[Sequence] = None,
+        system: Optional[str] = None,
+        history_as_text: bool = False,
+        **generation,
+    ) -> Union[str, List[str]]:
+        """The LLM's answer to the speech (a list of answers for a list of speech).
+
+        `history`: the conversation before (a list of messages; for a batch, one such list per
+        utterance). `system` replaces the system prompt (``""``: none). Earlier speech turns
+        reach the LLM as their speech vectors, or as their transcripts if `history_as_text`.
+        `generation`: options of `FrozenLLM.generate_ids` for this call.
+        """
+        batch = isinstance(speech, list)
+        items = speech if batch else [speech]
+        if not batch:
+            histories = [history or []]
+        elif history is None:
+            histories = [[] for _ in items]
+        else:
+            histories = list(history)
+        if len(histories) != len(items):
+            raise PromptError(
+                f"{len(items)} utterances but {len(histories)} histories: give one per "
+                "utterance"
+            )
+        conversations = [
+            [*past, {"role": "user", "speech": item}]
+            for past, item in zip(histories, items)
+        ]
+        answers = self.reply(conversations, system, history_as_text, **generation)
+        return answers if batch else answers[0]
+
+    def reply(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        system: Optional[str] = None,
+        history_as_text: bool = False,
+        **generation,
+    ) -> List[str]:
+        """The LLM's next answer in each conversation (a batch), which ends with a user turn."""
+        prompts = self._prompts(conversations, system, history_as_text)
+        options = {**self.generation, **generation}
+        return self.llm.generate(self.llm.build_inputs(prompts), **options)
+
+    def stream_reply(
+        self,
+        conversation: Sequence[Message],
+        system: Optional[str] = None,
+        history_as_text: bool = False,
+        **generation,
+    ) -> Iterator[str]:
+        """`reply` to one conversation, as pieces of text while the LLM generates them.
+
+        Joined, the pieces are the answer `reply` gives.
+        """
+        prompts = self._prompts([conversation], system, history_as_text)
+        streamer = TextIteratorStreamer(
+            self.llm.tokenizer, skip_prompt=True, skip_special_tokens=True
         )
+        failures: List[BaseException] = []
+
+        def generate() -> None:
+            try:
+                self.llm.generate_ids(
+                    self.llm.build_inputs(prompts),
+                    streamer=streamer,
+                    **{**self.generation, **generation},
+                )
+            except BaseException as error:  # re-raised in the caller's thread
+                failures.append(error)
+                streamer.end()
+
+        thread = Thread(target=generate, daemon=True)
+        thread.start()
+        yield from _stripped(streamer)
+        thread.join()
+        if failures:
+            raise failures[0]
+
+    def respond(self, hypotheses: Sequence[Hypothesis], **generation) -> List[str]:
+        """The LLM's answers with each utterance's speech as the only user turn."""
+        conversations = [[{"role": "user", "speech": h}] for h in hypotheses]
+        return self.reply(conversations, **generation)
 
     def respond_to_text(self, texts: Sequence[str], **generation) -> List[str]:
-        """The LLM's answers to the same prompts with the text in place of the speech."""
-        layout = self.layout
-        prompts = [[layout.prefix, self.llm.tokenize(t), layout.suffix] for t in texts]
-        return self.llm.generate(
-            self.llm.build_inputs(prompts), **{**self.generation, **generation}
-        )
+        """The LLM's answers to the same prompts with the text in place of the speech.
+
+        The text goes where the speech goes (inside the model's user template): the
+        text-conditioned reference of `respond`.
+        """
+        template = self.model.user_template
+        prompts = [
+            self.llm.conversation_prompt(
+                [Turn("user", self.llm.tokenize(text))], self.system_prompt, template
+            )
+            for text in texts
+        ]
+        options = {**self.generation, **generation}
+        return self.llm.generate(self.llm.build_inputs(prompts), **options)
+
+    def _prompts(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        system: Optional[str],
+        history_as_text: bool,
+    ) -> List[List[PromptPiece]]:
+        """The prompt pieces of each conversation; all speech is decoded as one batch."""
+        speech = [m["speech"] for c in conversations for m in c if "speech" in m]
+        hypotheses = iter(self.hypotheses(speech))
+        system = self.system_prompt if system is None else system
+        prompts = []
+        for conversation in conversations:
+            if not conversation or conversation[-1].get("role") != "user":
+                raise PromptError("a conversation to answer ends with a user turn")
+            turns = []
+            for index, message in enumerate(conversation):
+                if "speech" in message:
+                    hypothesis = next(hypotheses)
+                    as_text = history_as_text and index < len(conversation) - 1
+                    content = hypothesis.token_ids if as_text else hypothesis.vectors
+                elif "content" in message:
+                    content = message["content"]
+                else:
+                    raise PromptError(
+                        "a message has 'content' (text) or 'speech', not only "
+                        f"{sorted(message)}"
+                    )
+                turns.append(Turn(message.get("role"), content))
+            prompts.append(
+                self.llm.conversation_prompt(turns, system, self.model.user_template)
+            )
+        return prompts

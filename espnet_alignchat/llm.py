@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import json
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +36,7 @@ from transformers import (
 # around it. Plain ASCII without spaces survives templates that trim or escape content.
 _SLOT = "ALIGNCHAT_USER_CONTENT_SLOT"
 _RESPONSE = "ALIGNCHAT_ASSISTANT_RESPONSE_SLOT"
+_NUMBERED_SLOT = re.compile(_SLOT + r"_(\d+)_")  # the user turns of a conversation
 SPEECH_PLACEHOLDER = "{speech}"
 
 DTYPES = {
@@ -236,6 +238,18 @@ PromptPiece = Union[
 ]  # token ids, or vectors (n, hidden) to splice in
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation for `FrozenLLM.conversation_prompt`.
+
+    A user turn holds typed text (``str``) or speech as a prompt piece: the speech tokenizer's
+    vectors ``(n, hidden)`` or token ids (e.g. its transcript). An assistant turn holds text.
+    """
+
+    role: str  # "user" or "assistant"
+    content: Union[str, PromptPiece]
+
+
 def _pack(pieces: Sequence[PromptPiece]) -> Tuple[List[int], List[bool]]:
     """One prompt's token ids (0 where a vector goes) and which positions take vectors."""
     ids: List[int] = []
@@ -390,39 +404,96 @@ class FrozenLLM:
     def prompt_layout(
         self, system: Optional[str] = None, user_template: str = SPEECH_PLACEHOLDER
     ) -> PromptLayout:
-        """Cut the LLM's own chat template around the user's content.
+        """Cut the LLM's own chat template around the user's content (one user turn).
 
         `user_template` wraps the content (speech vectors or transcript tokens), e.g.
-        ``"Continue this text: {speech}"``. The template is rendered as text with a slot string
-        in place of the content and tokenized piece by piece with ``add_special_tokens=False``,
-        as ``apply_chat_template(tokenize=True)`` does with the whole text.
+        ``"Continue this text: {speech}"``; see `conversation_prompt` for how the template is
+        cut.
         """
-        if user_template.count(SPEECH_PLACEHOLDER) != 1:
-            raise PromptError(
-                f"the user template must contain {SPEECH_PLACEHOLDER} once: {user_template!r}"
-            )
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append(
-            {
-                "role": "user",
-                "content": user_template.replace(SPEECH_PLACEHOLDER, _SLOT),
-            }
+        prefix, _, suffix = self.conversation_prompt(
+            [Turn("user", [])], system, user_template
         )
-        prompt = self._render(messages, add_generation_prompt=True)
-        conversation = self._render(
-            messages + [{"role": "assistant", "content": _RESPONSE}],
-            add_generation_prompt=False,
-        )
-        if prompt.count(_SLOT) != 1 or conversation.count(_RESPONSE) != 1:
+        return PromptLayout(prefix, suffix, self.turn_end)
+
+    @cached_property
+    def turn_end(self) -> List[int]:
+        """The tokens the chat template closes an assistant's answer with (e.g. <|eot_id|>)."""
+        messages = [
+            {"role": "user", "content": _SLOT},
+            {"role": "assistant", "content": _RESPONSE},
+        ]
+        conversation = self._render(messages, add_generation_prompt=False)
+        if conversation.count(_RESPONSE) != 1:
             raise PromptError(
-                f"the chat template of {self.name_or_path} does not keep the message "
-                "content verbatim, so the speech cannot be placed in it"
+                f"the chat template of {self.name_or_path} does not keep the assistant's "
+                "answer verbatim"
             )
-        prefix, suffix = prompt.split(_SLOT)
         turn_end = self.tokenize(conversation.split(_RESPONSE)[1].rstrip())
-        if not turn_end:  # a template that does not close the assistant turn
-            turn_end = [self.tokenizer.eos_token_id]
-        return PromptLayout(self.tokenize(prefix), self.tokenize(suffix), turn_end)
+        # A template that does not close the assistant's turn: the tokenizer's EOS does.
+        return turn_end or [self.tokenizer.eos_token_id]
+
+    def conversation_prompt(
+        self,
+        turns: Sequence[Turn],
+        system: Optional[str] = None,
+        user_template: str = SPEECH_PLACEHOLDER,
+    ) -> List[PromptPiece]:
+        """The pieces of a whole conversation, up to the assistant's next answer.
+
+        The LLM's own chat template is rendered once, as text, with a numbered slot string
+        for every user turn; the text is cut at the slots and tokenized piece by piece with
+        ``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` tokenizes the
+        whole text. A speech turn's piece goes where `user_template` has ``{speech}`` (as in
+        training); a typed turn's text is tokenized as it is. Assistant turns are rendered by
+        the template itself. One speech turn gives ``[layout.prefix, speech, layout.suffix]``
+        (`prompt_layout`).
+
+        >>> from espnet_alignchat.testing import save_random_llm
+        >>> llm = FrozenLLM(save_random_llm("/tmp/llm", "hi two plus three five".split()))
+        >>> speech = torch.zeros(4, llm.hidden_size)  # the tokenizer's vectors of 4 tokens
+        >>> turns = [Turn("user", speech), Turn("assistant", "five"), Turn("user", "hi")]
+        >>> pieces = llm.conversation_prompt(turns)
+        >>> answer = llm.generate(llm.build_inputs([pieces]), max_new_tokens=4)
+        """
+        messages = [{"role": "system", "content": system}] if system else []
+        users = []
+        for turn in turns:
+            speech = not isinstance(turn.content, str)
+            if turn.role not in ("user", "assistant") or (
+                turn.role == "assistant" and speech
+            ):
+                kind = "speech" if speech else "text"
+                raise PromptError(
+                    "a turn is a user's (text or speech) or an assistant's (text), "
+                    f"not {turn.role} {kind}"
+                )
+            if turn.role == "assistant":
+                messages.append({"role": "assistant", "content": turn.content})
+                continue
+            slot = f"{_SLOT}_{len(users)}_"
+            if speech:
+                if user_template.count(SPEECH_PLACEHOLDER) != 1:
+                    raise PromptError(
+                        f"the user template must contain {SPEECH_PLACEHOLDER} once: "
+                        f"{user_template!r}"
+                    )
+                slot = user_template.replace(SPEECH_PLACEHOLDER, slot)
+            messages.append({"role": "user", "content": slot})
+            users.append(turn.content)
+        rendered = _NUMBERED_SLOT.split(self._render(messages, True))
+        texts, numbers = rendered[::2], [int(n) for n in rendered[1::2]]
+        if numbers != list(range(len(users))):
+            raise PromptError(
+                f"the chat template of {self.name_or_path} does not keep every user "
+                "message verbatim and in order, so the speech cannot be placed in it"
+            )
+        pieces: List[PromptPiece] = [self.tokenize(texts[0])]
+        for content, text in zip(users, texts[1:]):
+            pieces.append(
+                self.tokenize(content) if isinstance(content, str) else content
+            )
+            pieces.append(self.tokenize(text))
+        return pieces
 
     def _render(
         self, messages: List[Dict[str, str]], add_generation_prompt: bool
@@ -495,7 +566,7 @@ class FrozenLLM:
         stops = set([stops] if isinstance(stops, int) else stops or [])
         if self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
-        stops.add(self.prompt_layout().turn_end[0])
+        stops.add(self.turn_end[0])
         return sorted(stops)
 
     @torch.no_grad()

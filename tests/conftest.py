@@ -1,13 +1,18 @@
-"""Test fixtures: a tiny random LLM (see espnet_alignchat.testing) and synthetic speech."""
+"""Test fixtures: a tiny random LLM (see espnet_alignchat.testing), synthetic speech and tiny
+models trained through ESPnet's own `main`."""
 
 import argparse
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import numpy as np
 import pytest
 import soundfile
+import torch
 import transformers
+import yaml
 
 from espnet_alignchat.testing import build_word_tokenizer, save_random_llm
 
@@ -107,3 +112,137 @@ def tiny_model_args(llm: Path, **model_conf) -> argparse.Namespace:
     )
     args.model_conf.update(model_conf)
     return args
+
+
+# A spoken-QA toy set: transcript and the answer a stage-2 model is trained on.
+UTTERANCES = {
+    f"spk{s}_utt{i}": {"text": text, "response": answer}
+    for s in (1, 2)
+    for i, (text, answer) in enumerate(
+        [
+            ("what is two plus three", "five"),
+            ("what is one plus one", "two"),
+            ("say hello world", "hello world"),
+            ("what is ten minus four", "six"),
+        ]
+    )
+}
+
+# A training config small enough for one epoch in seconds on a CPU.
+TINY_CONFIG = {
+    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
+    "normalize": "global_mvn",
+    "encoder": "conformer",
+    "encoder_conf": {
+        "output_size": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+        "input_layer": "conv2d",
+        "cnn_module_kernel": 7,
+    },
+    "decoder_conf": {
+        "attention_dim": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+    },
+    "batch_type": "folded",
+    "fold_length": [80000],
+    "batch_size": 4,
+    "max_epoch": 1,
+    "num_workers": 0,
+    "optim": "adam",
+    "optim_conf": {"lr": 0.001},
+    "use_tensorboard": False,
+    "use_matplotlib": True,
+    "num_att_plot": 1,
+}
+
+
+def data_args(data: Path, split: str, response: bool) -> List[str]:
+    """ESPnet's ``--{split}_data_path_and_name_and_type`` options for a data dir."""
+    entries = [("wav.scp", "speech", "sound"), ("text", "text", "text")]
+    if response:
+        entries.append(("response", "response", "text"))
+    return [
+        arg
+        for path, name, kind in entries
+        for arg in (
+            f"--{split}_data_path_and_name_and_type",
+            f"{data / path},{name},{kind}",
+        )
+    ]
+
+
+def train(tmp: Path, llm: Path, data: Path, stats: Path, out: Path, mode: str, *extra):
+    """One training stage (`mode`) through ESPnet's own `main`, with `TINY_CONFIG`."""
+    config = tmp / f"{mode}.yaml"
+    conf = dict(TINY_CONFIG, model_conf={"mode": mode})
+    conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
+    config.write_text(yaml.safe_dump(conf))
+    from espnet_alignchat.bin import alignchat_train
+
+    alignchat_train.main(
+        ["--config", str(config), "--llm", str(llm), "--output_dir", str(out)]
+        + data_args(data, "train", mode == "instruct")
+        + data_args(data, "valid", mode == "instruct")
+        + ["--train_shape_file", str(stats / "train" / "speech_shape")]
+        + ["--valid_shape_file", str(stats / "valid" / "speech_shape")]
+        + list(extra)
+    )
+
+
+def collect_stats(llm: Path, data: Path, stats: Path) -> None:
+    """ESPnet's --collect_stats on `data`: shape files and global_mvn's feature statistics."""
+    from espnet_alignchat.bin import alignchat_train
+
+    alignchat_train.main(
+        ["--llm", str(llm), "--output_dir", str(stats), "--collect_stats", "true"]
+        + ["--frontend_conf", "n_fft=256", "--frontend_conf", "hop_length=160"]
+        + ["--frontend_conf", "n_mels=20", "--batch_type", "unsorted"]
+        # The statistics global_mvn will read do not exist yet: collecting them needs none.
+        + ["--normalize", "global_mvn"]
+        + ["--num_workers", "0"]
+        + data_args(data, "train", False)
+        + data_args(data, "valid", False)
+        + ["--train_shape_file", str(data / "wav.scp")]
+        + ["--valid_shape_file", str(data / "wav.scp")]
+    )
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: tiny models are fastest so, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory, tiny_llm) -> Path:
+    """A recipe dir: ``data/``, ``exp/stats`` and a stage-1 model ``exp/tiny`` trained there.
+
+    Everything is run from inside the recipe dir with relative paths, as ``run.sh`` does, so
+    the model's ``config.yaml`` names its feature statistics relative to the recipe dir.
+    """
+    root = tmp_path_factory.mktemp("recipe")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with one_thread():
+            data, stats = write_data_dir(Path("data"), UTTERANCES), Path("exp/stats")
+            collect_stats(tiny_llm, data, stats)
+            train(Path("exp"), tiny_llm, data, stats, Path("exp/tiny"), "pretrain")
+    finally:
+        os.chdir(cwd)
+    return root

@@ -3,88 +3,14 @@
 import logging
 import subprocess
 import sys
-from pathlib import Path
-from typing import List
 
 import pytest
 import torch
 import yaml
-from conftest import write_data_dir
+from conftest import UTTERANCES, collect_stats, train, write_data_dir
 
-from espnet_alignchat.bin import alignchat_inference, alignchat_train
+from espnet_alignchat.bin import alignchat_inference
 from espnet_alignchat.datadir import read_kaldi_map
-
-UTTERANCES = {
-    f"spk{s}_utt{i}": {"text": text, "response": answer}
-    for s in (1, 2)
-    for i, (text, answer) in enumerate(
-        [
-            ("what is two plus three", "five"),
-            ("what is one plus one", "two"),
-            ("say hello world", "hello world"),
-            ("what is ten minus four", "six"),
-        ]
-    )
-}
-
-TINY_CONFIG = {
-    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
-    "normalize": "global_mvn",
-    "encoder": "conformer",
-    "encoder_conf": {
-        "output_size": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-        "input_layer": "conv2d",
-        "cnn_module_kernel": 7,
-    },
-    "decoder_conf": {
-        "attention_dim": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-    },
-    "batch_type": "folded",
-    "fold_length": [80000],
-    "batch_size": 4,
-    "max_epoch": 1,
-    "num_workers": 0,
-    "optim": "adam",
-    "optim_conf": {"lr": 0.001},
-    "use_tensorboard": False,
-    "use_matplotlib": True,
-    "num_att_plot": 1,
-}
-
-
-def data_args(data: Path, split: str, response: bool) -> List[str]:
-    entries = [("wav.scp", "speech", "sound"), ("text", "text", "text")]
-    if response:
-        entries.append(("response", "response", "text"))
-    return [
-        arg
-        for path, name, kind in entries
-        for arg in (
-            f"--{split}_data_path_and_name_and_type",
-            f"{data / path},{name},{kind}",
-        )
-    ]
-
-
-def train(tmp: Path, llm: Path, data: Path, stats: Path, out: Path, mode: str, *extra):
-    config = tmp / f"{mode}.yaml"
-    conf = dict(TINY_CONFIG, model_conf={"mode": mode})
-    conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
-    config.write_text(yaml.safe_dump(conf))
-    alignchat_train.main(
-        ["--config", str(config), "--llm", str(llm), "--output_dir", str(out)]
-        + data_args(data, "train", mode == "instruct")
-        + data_args(data, "valid", mode == "instruct")
-        + ["--train_shape_file", str(stats / "train" / "speech_shape")]
-        + ["--valid_shape_file", str(stats / "valid" / "speech_shape")]
-        + list(extra)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +19,7 @@ def trained(tmp_path_factory, tiny_llm):
     tmp = tmp_path_factory.mktemp("recipe")
     data = write_data_dir(tmp / "data", UTTERANCES)
     stats = tmp / "stats"
-    alignchat_train.main(
-        ["--llm", str(tiny_llm), "--output_dir", str(stats), "--collect_stats", "true"]
-        + ["--frontend_conf", "n_fft=256", "--frontend_conf", "hop_length=160"]
-        + ["--frontend_conf", "n_mels=20", "--batch_type", "unsorted"]
-        # The statistics global_mvn will read do not exist yet: collecting them needs none.
-        + ["--normalize", "global_mvn"]
-        + ["--num_workers", "0"]
-        + data_args(data, "train", False)
-        + data_args(data, "valid", False)
-        + ["--train_shape_file", str(data / "wav.scp")]
-        + ["--valid_shape_file", str(data / "wav.scp")]
-    )
+    collect_stats(tiny_llm, data, stats)
     train(tmp, tiny_llm, data, stats, tmp / "pretrain", "pretrain")
     train(
         tmp,

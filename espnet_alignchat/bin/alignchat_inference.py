@@ -118,7 +118,7 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
                     logging.warning(f"{problem} (skipped)")
                     skipped[key] = problem
             if loaded:
-                hypotheses = chat.transcribe([speech for _, speech in loaded])
+                hypotheses = chat.hypotheses([speech for _, speech in loaded])
                 answers = chat.respond(hypotheses)
                 for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
                     transcripts[key] = chat.llm.decode(hypothesis.token_ids)
@@ -130,11 +130,11 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
 def inference(args) -> int:
     torch.manual_seed(args.seed)
     device = "cuda" if args.ngpu > 0 else "cpu"
-    chat = Speech2Chat.from_model_dir(
+    chat = Speech2Chat.from_pretrained(
         args.model_dir,
-        args.model_file,
         llm=args.llm,
         device=device,
+        model_file=args.model_file,
         beam_size=args.beam_size,
         maxlenratio=args.maxlenratio,
         max_tokens=args.max_tokens,

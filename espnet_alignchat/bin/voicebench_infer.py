@@ -1,0 +1,205 @@
+"""Answer a local benchmark set and write VoiceBench's output files, batched and offline.
+
+    python -m espnet_alignchat.bin.voicebench_infer --model alignchat.zip \\
+        --jsonl voicebench/sd-qa-usa.jsonl --data sd-qa --split usa --output_dir results
+    python -m espnet_alignchat.bin.voicebench_infer --model exp/train_instruct \\
+        --data_dir dump/raw/test --data mini --output_dir results --modality audio
+
+writes ``<output_dir>/<model_name>-<data>-<split>-<modality>.jsonl`` for each modality, named
+and laid out as VoiceBench's ``main.py`` writes them: one line per item with its fields but the
+audio, plus ``response``. VoiceBench's ``evaluate.py`` scores them as they are (``mcq``,
+``ifeval``, ``harm``, ``bbh`` and ``qa``'s PEDANT offline; ``open`` after its GPT judge). The
+``audio`` modality answers the speech; ``text`` gives the frozen LLM the prompt's text where
+the speech would go (`AlignChatAssistant.generate_text`).
+
+Input, read from local files only: ``--jsonl``, one JSON object per line with the text in
+``prompt`` and the path of the audio (any format soundfile reads, relative to the JSONL's
+folder) in ``audio`` (``--text_field``, ``--audio_field``); or ``--data_dir``, a Kaldi data dir
+whose ``wav.scp`` and ``text`` become items ``{"key": <utt id>, "prompt": <text>}``. A line
+that is not JSON or lacks the field a modality needs, and audio that cannot be read, are
+reported by file and line (or utterance) and left out.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
+
+import numpy as np
+from espnet2.utils.types import str_or_none
+from tqdm import tqdm
+
+from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.datadir import DataDir
+from espnet_alignchat.inference import load_speech
+from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.voicebench import MAX_NEW_TOKENS, AlignChatAssistant
+
+MODALITIES = ("audio", "text")
+
+
+@dataclass
+class Item:
+    name: str  # file:line or utterance id, for messages
+    fields: Dict[str, Any]  # what the output line keeps: everything but the audio
+    speech: Optional[Callable[[int], np.ndarray]]  # samples at a rate, None: no audio
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--jsonl", type=Path, help="items, one JSON object per line")
+    source.add_argument("--data_dir", type=Path, help="a Kaldi data dir")
+    parser.add_argument("--model", required=True, help="a model dir or packed .zip")
+    parser.add_argument("--llm", type=str_or_none, default=None)
+    parser.add_argument("--device", default=None, help="default: cuda if there is one")
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--model_name", default="alignchat", help="in the file names")
+    parser.add_argument("--data", default=None, help="default: the input's name")
+    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--modality", nargs="+", choices=MODALITIES, default=list(MODALITIES)
+    )
+    parser.add_argument("--text_field", default="prompt")
+    parser.add_argument("--audio_field", default="audio")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--log_level", default="INFO")
+    return parser
+
+
+def read_jsonl(path: Path, audio_field: str) -> Iterator[Item]:
+    """Items of a JSONL file; bad lines are logged and left out."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            name = f"{path}:{number}"
+            try:
+                fields = json.loads(line)
+            except json.JSONDecodeError as error:
+                logging.warning(f"{name}: not JSON ({error}) (skipped)")
+                continue
+            if not isinstance(fields, dict):
+                logging.warning(f"{name}: not a JSON object (skipped)")
+                continue
+            audio = fields.pop(audio_field, None)
+            speech = None
+            if isinstance(audio, str):
+                speech = partial(_speech, str(path.parent / audio), name)
+            yield Item(name, fields, speech)
+
+
+def _speech(path: str, name: str, rate: int) -> np.ndarray:
+    try:
+        return load_speech(path, rate, name)
+    except InputError as error:  # name the line as well as the file
+        raise InputError(f"{name}: {error}") from error
+
+
+def read_data_dir(path: Path) -> Iterator[Item]:
+    data = DataDir(path)
+    texts = data.text() if (path / "text").is_file() else {}
+    for utt_id in data.utt_ids:
+        fields = {"key": utt_id, "prompt": texts.get(utt_id)}
+        yield Item(utt_id, fields, partial(data.speech, utt_id))
+
+
+def batches(items: List[Item], size: int) -> Iterator[List[Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def answer(
+    assistant: AlignChatAssistant,
+    items: List[Item],
+    modality: str,
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    """Write one output line per item answered; returns how many."""
+    rate = assistant.chat.sample_rate
+    answered = 0
+    with tqdm(total=len(items), unit="item", desc=modality) as progress:
+        for batch in batches(items, args.batch_size):
+            inputs, done = [], []
+            for item in batch:
+                try:
+                    if modality == "audio":
+                        inputs.append(item.speech(rate))
+                    else:
+                        inputs.append(item.fields[args.text_field])
+                    done.append(item)
+                except InputError as error:
+                    logging.warning(f"{error} (skipped)")
+            if inputs:
+                generate = (
+                    assistant.generate_audio_batch
+                    if modality == "audio"
+                    else assistant.generate_text_batch
+                )
+                for item, response in zip(done, generate(inputs)):
+                    record = {**item.fields, "response": response}
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                answered += len(done)
+            progress.update(len(batch))
+    return answered
+
+
+def usable(items: List[Item], modality: str, text_field: str) -> List[Item]:
+    """The items that have what `modality` needs; the others are logged."""
+    kept = []
+    for item in items:
+        if modality == "audio" and item.speech is None:
+            logging.warning(f"{item.name}: no audio path (skipped)")
+        elif modality == "text" and not isinstance(item.fields.get(text_field), str):
+            logging.warning(f"{item.name}: no text in '{text_field}' (skipped)")
+        else:
+            kept.append(item)
+    return kept
+
+
+def infer(args: argparse.Namespace) -> int:
+    if args.jsonl is not None:
+        items = list(read_jsonl(args.jsonl, args.audio_field))
+    else:
+        items = list(read_data_dir(args.data_dir))
+    data = args.data or (args.jsonl.stem if args.jsonl else args.data_dir.name)
+    assistant = AlignChatAssistant(
+        args.model, args.llm, args.device, args.max_new_tokens
+    )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    missing = 0
+    for modality in args.modality:
+        path = (
+            args.output_dir / f"{args.model_name}-{data}-{args.split}-{modality}.jsonl"
+        )
+        todo = usable(items, modality, args.text_field)
+        with open(path, "w", encoding="utf-8") as out:
+            answered = answer(assistant, todo, modality, args, out)
+        logging.info(f"{path}: {answered} of {len(items)} items answered")
+        missing += len(items) - answered
+    return 1 if missing and missing == len(items) * len(args.modality) else 0
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
+    )
+    with exit_on_user_error("voicebench_infer"):
+        status = infer(args)
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

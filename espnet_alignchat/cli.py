@@ -7,10 +7,17 @@ from typing import Any, Dict, Iterator
 
 from espnet2.utils.types import str2bool, str_or_none
 
+from espnet_alignchat.encoders import ConfigError
 from espnet_alignchat.llm import LLMMismatchError, PromptError
 from espnet_alignchat.preprocessor import InputError
 
-USER_ERRORS = (InputError, LLMMismatchError, PromptError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    InputError,
+    LLMMismatchError,
+    PromptError,
+    FileNotFoundError,
+)
 
 
 def one_line(error: BaseException) -> str:

@@ -108,6 +108,14 @@ class AlignChatModel(AbsESPnetModel):
             self.ctc_proj = torch.nn.Linear(encoder.output_size(), llm.hidden_size)
             self.ctc_blank = torch.nn.Parameter(torch.randn(llm.hidden_size) * 0.02)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The CTC head only helps training. A model without one (e.g. stage 2 with CTC off,
+        # initialised from a stage 1 with CTC on) leaves a checkpoint's head out.
+        if not hasattr(self, "ctc_proj"):
+            for name in ("ctc_blank", "ctc_proj.weight", "ctc_proj.bias"):
+                state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- shared pieces -----------------------------------------------------------------------
     @cached_property
     def prompt_layout(self) -> PromptLayout:
@@ -343,6 +351,8 @@ class AlignChatModel(AbsESPnetModel):
             hypotheses = greedy_search(**search)
         if output_mode == "snap":
             for hypothesis in hypotheses:
-                ids = torch.tensor(hypothesis.token_ids, device=memory.device)
+                ids = torch.tensor(
+                    hypothesis.token_ids, dtype=torch.long, device=memory.device
+                )
                 hypothesis.vectors = self.llm.embed(ids)
         return hypotheses

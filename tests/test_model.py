@@ -137,11 +137,12 @@ def test_espnet_dtype_cast_does_not_reach_the_llm(tiny_llm, batch):
 
 def test_output_modes(tiny_llm, batch):
     model = build(tiny_llm).eval()
+    model.end_token_id = -1  # never ends: every hypothesis runs to its limit
     speech, lengths = batch["speech"], batch["speech_lengths"]
     continuous = model.transcribe(speech, lengths, max_tokens=6)
     snapped = model.transcribe(speech, lengths, max_tokens=6, output_mode="snap")
     for c, s in zip(continuous, snapped):
-        assert c.token_ids == s.token_ids
+        assert c.token_ids == s.token_ids and len(s.token_ids) == 6
         assert torch.equal(s.vectors, model.llm.embed(torch.tensor(s.token_ids)))
         assert not torch.equal(c.vectors, s.vectors)
 
@@ -178,3 +179,10 @@ def test_answers_end_as_the_llm_ended_them(tiny_llm, batch):
         )
     )
     assert torch.isfinite(loss).all() and float(stats["loss_response"]) > 0
+
+
+def test_a_model_without_ctc_takes_a_checkpoint_with_ctc(tiny_llm):
+    with_ctc = build(tiny_llm, ctc_weight=0.3).state_dict()
+    model = build(tiny_llm, mode="instruct")  # stage 2 with CTC off
+    model.load_state_dict(with_ctc)  # strict, as ESPnet's --init_param loads
+    assert torch.equal(model.decoder.start, with_ctc["decoder.start"])

@@ -118,11 +118,11 @@ split_keys() {
 
 # Sorted concatenation of the same file of every split job.
 merge_splits() {
-    local name=$1 out=$2
+    local name=$1 out=$2 split
     shift 2
     local parts=()
-    for dir in "$@"; do
-        [ -f "${dir}/${name}" ] && parts+=("${dir}/${name}")
+    for split in "$@"; do
+        [ -f "${split}/${name}" ] && parts+=("${split}/${name}")
     done
     [ ${#parts[@]} -eq 0 ] || sort "${parts[@]}" > "${out}/${name}"
 }
@@ -148,7 +148,7 @@ train_data_opts() {
 decode_set() {
     local data=$1 out=$2
     shift 2
-    local logdir=${out}/logdir n
+    local logdir=${out}/logdir n job name
     mkdir -p "${logdir}"
     n=$(split_keys "${data}/wav.scp" "${logdir}/keys" "${inference_nj}")
     # shellcheck disable=SC2086

@@ -1,0 +1,175 @@
+"""egs2/alignchat stages 1-8 on a tiny world (a few dozen utterances, one epoch each).
+
+The full default run is a benchmark (egs2/alignchat/RESULTS.md), not a timed test: this one
+checks that every stage runs through the real scripts and leaves outputs that parse.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from espnet_alignchat.datadir import read_kaldi_map
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "egs2" / "alignchat"
+
+TINY_MODEL = {
+    "frontend_conf": {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40},
+    "normalize": "global_mvn",
+    "encoder": "transformer",
+    "encoder_conf": {
+        "output_size": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+        "input_layer": "conv2d6",
+    },
+    "decoder_conf": {
+        "attention_dim": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+    },
+    "optim": "adam",
+    "optim_conf": {"lr": 0.001},
+    "batch_type": "folded",
+    "batch_size": 8,
+    "fold_length": [80000],
+    "max_epoch": 1,
+    "num_workers": 0,
+    "num_att_plot": 0,
+}
+
+
+def write_configs(where: Path) -> dict:
+    pretrain = dict(TINY_MODEL, model_conf={"mode": "pretrain", "ctc_weight": 0.3})
+    pretrain["best_model_criterion"] = [["valid", "acc", "max"]]
+    instruct = dict(TINY_MODEL, model_conf={"mode": "instruct", "kl_weight": 0.5})
+    instruct["best_model_criterion"] = [["valid", "acc_response", "max"]]
+    decode = {"batch_size": 4, "max_new_tokens": 8}
+    paths = {}
+    for name, conf in (
+        ("pretrain", pretrain),
+        ("instruct", instruct),
+        ("decode", decode),
+    ):
+        paths[name] = where / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(conf))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """A copy of the recipe dir (links to its scripts, as ESPnet recipes share them)."""
+    root = tmp_path_factory.mktemp("egs2") / "alignchat"
+    root.mkdir()
+    for name in ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
+        (root / name).symlink_to(RECIPE / name)
+    (root / "conf").symlink_to(REPO / "conf")
+    (root / "local").symlink_to(REPO / "local")
+    return root
+
+
+def run_recipe(recipe: Path, *options: str) -> str:
+    configs = write_configs(recipe.parent)
+    command = [
+        "./run.sh",
+        "--nj", "2",
+        "--inference_nj", "2",
+        "--local_data_opts", "--max_utts 24",
+        "--mini_llm_opts", "--steps 10 --log_interval 5",
+        "--pretrain_config", str(configs["pretrain"]),
+        "--instruct_config", str(configs["instruct"]),
+        "--inference_config", str(configs["decode"]),
+        "--pretrain_tag", "pretrain",
+        "--instruct_tag", "instruct",
+        "--inference_tag", "decode",
+        *options,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        command, cwd=recipe, capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def first_run(recipe):
+    return run_recipe(recipe)
+
+
+def test_stage1_builds_the_world_and_the_mini_llm(recipe, first_run):
+    for name in ("train", "dev", "test"):
+        data = recipe / "data" / name
+        texts = read_kaldi_map(data / "text")
+        assert 0 < len(texts) <= 24
+        assert set(read_kaldi_map(data / "wav.scp")) == set(texts)
+    assert read_kaldi_map(recipe / "data/test/answer")
+    assert (recipe / "exp/mini_llm/config.json").is_file()
+    assert (recipe / "exp/mini_llm/tokenizer.json").is_file()
+
+
+def test_stage2_dumps_audio_and_llm_token_ids(recipe, first_run):
+    for name in ("train", "dev", "test"):
+        dump = recipe / "dump/raw" / name
+        ids = read_kaldi_map(dump / "text_int")
+        assert set(ids) == set(read_kaldi_map(dump / "wav.scp"))
+        assert all(
+            value.split() and value.replace(" ", "").isdigit() for value in ids.values()
+        )
+        assert "kept" in first_run
+
+
+def test_stage3_collects_statistics(recipe, first_run):
+    stats = recipe / "exp/stats/train"
+    assert (stats / "feats_stats.npz").is_file() and (stats / "speech_shape").is_file()
+
+
+def test_stages_4_and_6_train_both_modes(recipe, first_run):
+    for name, mode in (("pretrain", "pretrain"), ("instruct", "instruct")):
+        exp = recipe / "exp" / name
+        config = yaml.safe_load((exp / "config.yaml").read_text())
+        assert config["model_conf"]["mode"] == mode
+        assert (exp / "1epoch.pth").is_file()
+    state = torch.load(recipe / "exp/instruct/1epoch.pth", weights_only=True)
+    assert "llm_fingerprint.digest" in state
+    assert (recipe / "exp/pretrain/llm_sha256.before").read_text().strip()
+
+
+def test_stage5_answers_every_training_utterance(recipe, first_run):
+    for name in ("train", "dev"):
+        dump = recipe / "dump/raw" / name
+        answers = read_kaldi_map(dump / "response_int")
+        assert set(answers) == set(read_kaldi_map(dump / "text_int"))
+        assert set(read_kaldi_map(dump / "response")) == set(answers)
+
+
+def test_stages_7_and_8_decode_and_score(recipe, first_run):
+    decode = recipe / "exp/instruct/decode/test"
+    utts = set(read_kaldi_map(recipe / "dump/raw/test/wav.scp"))
+    for name in ("text", "response", "text_input/response", "cascade/response"):
+        assert set(read_kaldi_map(decode / name)) == utts, name
+    scores = json.loads((decode / "scores.json").read_text())
+    assert {"wer", "ter", "response", "answer"} <= set(scores)
+    assert "Sum/Avg" in (decode / "score_wer/result.txt").read_text()
+    results = (recipe / "exp/instruct/RESULTS.md").read_text()
+    assert "|exp/instruct|decode|test|" in results
+    assert "identical" in first_run  # the LLM's files before and after training
+
+
+def test_a_rerun_skips_every_complete_stage(recipe, first_run):
+    again = run_recipe(recipe, "--stop_stage", "7")
+    for done in (
+        "data",
+        "exp/stats",
+        "exp/pretrain",
+        "exp/instruct",
+        "exp/instruct/decode/test",
+    ):
+        assert f"{done} is complete; skipped" in again

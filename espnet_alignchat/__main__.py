@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import List, Optional
 
+import transformers
+
 from espnet_alignchat.bin import chat, inspect_model, pack_model
 from espnet_alignchat.cli import exit_on_user_error
 
@@ -45,6 +47,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         level=args.log_level,
         format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
     )
+    # The commands' output is the answers: no "Loading weights" bars between them.
+    transformers.utils.logging.disable_progress_bar()
     with exit_on_user_error(f"espnet-alignchat {args.command}"):
         status = COMMANDS[args.command].run(args)
     if status:

@@ -105,6 +105,23 @@ def _match_key(wanted: str, available: Sequence[str], where: str) -> str:
     return candidates[0]
 
 
+def weight_files(name_or_path: str) -> List[Path]:
+    """The LLM's safetensors files: the shards its index names, or its one model.safetensors."""
+    index_file = _local_or_hub_file(name_or_path, "model.safetensors.index.json")
+    if index_file is not None:
+        weight_map: Dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    else:
+        names = ["model.safetensors"]
+    files = [_local_or_hub_file(name_or_path, name) for name in names]
+    if any(path is None for path in files):
+        raise FileNotFoundError(
+            f"{name_or_path}: no model.safetensors or model.safetensors.index.json "
+            "(re-save the model with save_pretrained(safe_serialization=True))"
+        )
+    return [path for path in files if path is not None]
+
+
 def load_embeddings(name_or_path: str, trust_remote_code: bool = False) -> torch.Tensor:
     """The LLM's input-embedding matrix ``[vocab, hidden]``, read without building the model.
 

@@ -3,7 +3,7 @@
 
 Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind,
 optional answer) and the voice table; writes one 16 kHz mono 16-bit wav per utterance
-under ``--audio_dir`` and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``,
+(espeak's silence trimmed, then 0.05-0.5 s of silence on each side) under ``--audio_dir`` and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``,
 ``utt2spk``, ``spk2utt``, ``utt2kind`` and, for question utterances, ``answer``.
 Lines are sorted in C-locale order. An utterance whose synthesis fails is reported on
 one line and left out; it is never fatal.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -29,10 +30,16 @@ from pathlib import Path
 import soundfile
 from tqdm import tqdm
 
-# Trim espeak's leading/trailing silence (fewer frames to train on), keep 50 ms margins.
-SOX_EFFECTS = (
-    "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse pad 0.05 0.05".split()
-)
+# Trim espeak's own leading/trailing silence, then give each utterance margins of its own: a
+# tokenizer trained on one fixed margin drops the first word of a recording with more silence.
+TRIM_SILENCE = "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse".split()
+MARGIN_SECONDS = (0.05, 0.5)
+
+
+def margins(utt: str) -> tuple[float, float]:
+    """Leading and trailing silence of `utt`, drawn from its id: reruns give the same audio."""
+    rng = random.Random(utt)
+    return rng.uniform(*MARGIN_SECONDS), rng.uniform(*MARGIN_SECONDS)
 
 
 def load_voices(path: Path) -> dict[str, dict[str, str]]:
@@ -72,8 +79,13 @@ def load_plan(path: Path, voices: dict[str, dict[str, str]]) -> list[dict[str, s
     return rows
 
 
-def synthesize(text: str, voice: dict[str, str], wav: Path) -> None:
-    """Speak ``text`` with one voice into ``wav``; raises RuntimeError on failure."""
+def synthesize(
+    text: str, voice: dict[str, str], wav: Path, pad: tuple[float, float]
+) -> None:
+    """Speak ``text`` with one voice into ``wav``, ``pad`` seconds of silence around it.
+
+    Raises RuntimeError on failure.
+    """
     # Text goes through stdin so that it can never be read as an espeak option.
     speak = [
         "espeak-ng",
@@ -88,7 +100,8 @@ def synthesize(text: str, voice: dict[str, str], wav: Path) -> None:
     if raw.returncode != 0 or not raw.stdout:
         raise RuntimeError(f"espeak-ng: {raw.stderr.decode().strip() or 'no audio'}")
     convert = ["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(wav)]
-    out = subprocess.run(convert + SOX_EFFECTS, input=raw.stdout, capture_output=True)
+    effects = TRIM_SILENCE + ["pad", f"{pad[0]:.3f}", f"{pad[1]:.3f}"]
+    out = subprocess.run(convert + effects, input=raw.stdout, capture_output=True)
     if out.returncode != 0:
         raise RuntimeError(f"sox: {out.stderr.decode().strip()}")
     if soundfile.info(str(wav)).frames == 0:
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     def job(row: dict[str, str]) -> tuple[str, Path | None]:
         wav = audio_dir / f"{row['utt']}.wav"
         try:
-            synthesize(row["text"], voices[row["speaker"]], wav)
+            synthesize(row["text"], voices[row["speaker"]], wav, margins(row["utt"]))
         except (RuntimeError, OSError) as err:
             tqdm.write(f"synthesize.py: skipped {row['utt']}: {err}", file=sys.stderr)
             return row["utt"], None

@@ -219,6 +219,12 @@ def test_synthesis_two_utterances(
         info = soundfile.info(str(path))
         assert path.is_absolute() and info.samplerate == 16000 and info.channels == 1
         assert info.subtype == "PCM_16" and 0.3 < info.duration < 4
+    # Each utterance has its own silence margins, the same in every run.
+    lead, trail = synthesize.margins("tr02-q1")
+    assert (
+        (lead, trail) == synthesize.margins("tr02-q1") != synthesize.margins("tr01-s1")
+    )
+    assert all(0.05 <= m <= 0.5 for m in (lead, trail))
 
 
 def test_llm_trainer_writes_a_loadable_model(world: Path, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ import torch
 import yaml
 from conftest import UTTERANCES, collect_stats, train, write_data_dir
 
-from espnet_alignchat.bin import alignchat_inference
+from espnet_alignchat.bin import alignchat_inference, checkpoint_report
 from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.llm import load_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,19 @@ def test_checkpoints_hold_no_llm_weights(trained, tiny_llm):
         assert not any(
             value.shape == llm.shape and torch.equal(value, llm) for llm in llm_tensors
         )
+
+
+def test_checkpoint_report_counts_llm_tensors(trained, tiny_llm, tmp_path, capsys):
+    checkpoint = trained / "instruct" / "1epoch.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    state["stowaway"] = load_embeddings(str(tiny_llm))  # as if the LLM had been saved
+    doctored = tmp_path / "doctored.pth"
+    torch.save(state, doctored)
+    checkpoint_report.main(["--llm", str(tiny_llm), str(checkpoint), str(doctored)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[0] == str(checkpoint) and lines[1].split()[-1] == "0"
+    assert lines[2].split()[0] == str(doctored) and lines[2].split()[-1] == "1"
+    assert lines[3].startswith(f"the LLM ({tiny_llm}):")
 
 
 def test_training_resumes_from_its_checkpoint(trained, tiny_llm, caplog):

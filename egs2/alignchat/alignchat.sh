@@ -66,7 +66,7 @@ generate_args=""      # e.g. "--max_new_tokens 512 --do_sample true --temperatur
 inference_config=conf/decode.yaml
 inference_args=""
 inference_model=valid.acc_response.ave.pth
-inference_tag=""
+inference_tag=""      # default: the config name (conf/decode.yaml: decode)
 
 help_message="Usage: $0 [--stage N] [--stop_stage N] [--llm <hub id|dir>] [--corpus_dir <dir>] ...
 See the options and their defaults at the top of $0."
@@ -77,7 +77,10 @@ See the options and their defaults at the top of $0."
 
 [ -n "${pretrain_tag}" ] || pretrain_tag=$(basename "${pretrain_config}" .yaml)
 [ -n "${instruct_tag}" ] || instruct_tag=$(basename "${instruct_config}" .yaml)
-[ -n "${inference_tag}" ] || inference_tag=decode_$(basename "${inference_config}" .yaml)
+if [ -z "${inference_tag}" ]; then
+    inference_tag=$(basename "${inference_config}" .yaml)
+    [[ ${inference_tag} == decode* ]] || inference_tag=decode_${inference_tag}
+fi
 pretrain_exp=${expdir}/${pretrain_tag}
 instruct_exp=${expdir}/${instruct_tag}
 [ -n "${stats_dir}" ] || stats_dir=${expdir}/stats
@@ -346,9 +349,9 @@ if run_stage 8; then
         llm_checksums
     fi
     grep -H embedding_sha256 "${pretrain_exp}/config.yaml" "${instruct_exp}/config.yaml"
-    log "sizes: checkpoints hold the speech tokenizer only"
-    du -shL "${pretrain_exp}/${pretrain_model}" "${instruct_exp}/${inference_model}" \
-        "${llm}" 2> /dev/null || true
+    log "checkpoints hold the speech tokenizer only (LLM tensors: how many equal one of the LLM's)"
+    ${python} -m espnet_alignchat.bin.checkpoint_report --llm "${llm}" \
+        "${pretrain_exp}/${pretrain_model}" "${instruct_exp}/${inference_model}"
     finish_stage 8
 fi
 log "Successfully finished."

@@ -165,7 +165,9 @@ def interactive(session: Session, stdin: TextIO) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    session = Session(load_chat(args), args, sys.stdout)
+    chat = load_chat(args)
+    chat.llm.model  # load the LLM now, not in the middle of the first answer
+    session = Session(chat, args, sys.stdout)
     if args.wav:
         return one_shot(session, args.wav)
     return interactive(session, sys.stdin)

@@ -5,13 +5,18 @@
 # "JOB" in the log path and in the arguments becomes the job number. Jobs run in parallel (at
 # most --max_jobs_run at once, default all); each log starts with the command and ends with its
 # exit status. The exit status is non-zero if any job failed, and the failed logs are named.
-# --gpu, --mem and --num_threads are accepted for compatibility with cluster backends.
+# Each job gets --num_threads CPU threads (OMP_NUM_THREADS, which torch follows); by default the
+# cores are shared out among the jobs that run at once, since jobs that each take every core
+# slow each other down several times over. --gpu and --mem are accepted for compatibility
+# with cluster backends.
 set -euo pipefail
 
 max_jobs_run=0
+num_threads=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --gpu|--mem|--num_threads) shift 2 ;;
+        --gpu|--mem) shift 2 ;;
+        --num_threads) num_threads=$2; shift 2 ;;
         --max_jobs_run) max_jobs_run=$2; shift 2 ;;
         *) break ;;
     esac
@@ -29,6 +34,16 @@ fi
 log=$1
 shift
 command=$(printf '%q ' "$@")
+
+if [ -z "${num_threads}" ]; then
+    concurrent=$((last - first + 1))
+    if [ "${max_jobs_run}" -gt 0 ] && [ "${max_jobs_run}" -lt "${concurrent}" ]; then
+        concurrent=${max_jobs_run}
+    fi
+    num_threads=$(($(nproc) / concurrent))
+    [ "${num_threads}" -ge 1 ] || num_threads=1
+fi
+export OMP_NUM_THREADS=${num_threads} MKL_NUM_THREADS=${num_threads}
 
 run_job() {
     local id=$1 job_log=${log} job_command=${command}

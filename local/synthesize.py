@@ -3,8 +3,9 @@
 
 Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind,
 optional answer) and the voice table; writes one 16 kHz mono 16-bit wav per utterance
-(espeak's silence trimmed, then 0.05-0.5 s of silence on each side) under ``--audio_dir`` and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``,
-``utt2spk``, ``spk2utt``, ``utt2kind`` and, for question utterances, ``answer``.
+(espeak's silence trimmed, then 0.05-0.5 s of silence on each side) under ``--audio_dir``
+and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``, ``utt2spk``, ``spk2utt``,
+``utt2kind`` and, for question utterances, ``answer``.
 Lines are sorted in C-locale order. An utterance whose synthesis fails is reported on
 one line and left out; it is never fatal.
 

@@ -3,9 +3,10 @@
 
 Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind,
 optional answer) and the voice table; writes one 16 kHz mono 16-bit wav per utterance
-(espeak's silence trimmed, then 0.05-0.5 s of silence on each side) under ``--audio_dir``
-and a Kaldi data dir with ``wav.scp`` (absolute paths), ``text``, ``utt2spk``, ``spk2utt``,
-``utt2kind`` and, for question utterances, ``answer``.
+(espeak's silence trimmed, then 0.05-0.5 s of silence on each side and a noise floor of
+-70 to -50 dBFS, drawn per utterance) under ``--audio_dir`` and a Kaldi data dir with
+``wav.scp`` (absolute paths), ``text``, ``utt2spk``, ``spk2utt``, ``utt2kind`` and, for
+question utterances, ``answer``.
 Lines are sorted in C-locale order. An utterance whose synthesis fails is reported on
 one line and left out; it is never fatal.
 
@@ -26,8 +27,10 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile
 from tqdm import tqdm
 
@@ -35,12 +38,31 @@ from tqdm import tqdm
 # tokenizer trained on one fixed margin drops the first word of a recording with more silence.
 TRIM_SILENCE = "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse".split()
 MARGIN_SECONDS = (0.05, 0.5)
+# And a noise floor, as any microphone has: espeak's silence is exact zeros, whose log-mel
+# (log 1e-10, ESPnet's floor) is far below speech and, over long margins, skews the global
+# mean/variance normalization enough to slow stage 1 down markedly.
+NOISE_FLOOR_DBFS = (-70.0, -50.0)
 
 
-def margins(utt: str) -> tuple[float, float]:
-    """Leading and trailing silence of `utt`, drawn from its id: reruns give the same audio."""
+@dataclass(frozen=True)
+class Conditions:
+    """How one utterance is recorded: silence around it, and its noise floor."""
+
+    lead: float  # seconds
+    trail: float
+    noise_dbfs: float  # RMS of white noise, dB below full scale
+    seed: int
+
+
+def conditions(utt: str) -> Conditions:
+    """The conditions of `utt`, drawn from its id: reruns give the same audio."""
     rng = random.Random(utt)
-    return rng.uniform(*MARGIN_SECONDS), rng.uniform(*MARGIN_SECONDS)
+    return Conditions(
+        rng.uniform(*MARGIN_SECONDS),
+        rng.uniform(*MARGIN_SECONDS),
+        rng.uniform(*NOISE_FLOOR_DBFS),
+        rng.getrandbits(32),
+    )
 
 
 def load_voices(path: Path) -> dict[str, dict[str, str]]:
@@ -80,10 +102,8 @@ def load_plan(path: Path, voices: dict[str, dict[str, str]]) -> list[dict[str, s
     return rows
 
 
-def synthesize(
-    text: str, voice: dict[str, str], wav: Path, pad: tuple[float, float]
-) -> None:
-    """Speak ``text`` with one voice into ``wav``, ``pad`` seconds of silence around it.
+def synthesize(text: str, voice: dict[str, str], wav: Path, how: Conditions) -> None:
+    """Speak ``text`` with one voice into ``wav``, recorded as ``how`` says.
 
     Raises RuntimeError on failure.
     """
@@ -101,12 +121,16 @@ def synthesize(
     if raw.returncode != 0 or not raw.stdout:
         raise RuntimeError(f"espeak-ng: {raw.stderr.decode().strip() or 'no audio'}")
     convert = ["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(wav)]
-    effects = TRIM_SILENCE + ["pad", f"{pad[0]:.3f}", f"{pad[1]:.3f}"]
+    effects = TRIM_SILENCE + ["pad", f"{how.lead:.3f}", f"{how.trail:.3f}"]
     out = subprocess.run(convert + effects, input=raw.stdout, capture_output=True)
     if out.returncode != 0:
         raise RuntimeError(f"sox: {out.stderr.decode().strip()}")
-    if soundfile.info(str(wav)).frames == 0:
+    audio, rate = soundfile.read(str(wav), dtype="float32")
+    if audio.size == 0:
         raise RuntimeError("sox: empty audio")
+    rms = 10 ** (how.noise_dbfs / 20)
+    audio += np.random.default_rng(how.seed).normal(0, rms, audio.shape).astype("f4")
+    soundfile.write(str(wav), np.clip(audio, -1, 1), rate, subtype="PCM_16")
 
 
 def write_data_dir(
@@ -171,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     def job(row: dict[str, str]) -> tuple[str, Path | None]:
         wav = audio_dir / f"{row['utt']}.wav"
         try:
-            synthesize(row["text"], voices[row["speaker"]], wav, margins(row["utt"]))
+            synthesize(row["text"], voices[row["speaker"]], wav, conditions(row["utt"]))
         except (RuntimeError, OSError) as err:
             tqdm.write(f"synthesize.py: skipped {row['utt']}: {err}", file=sys.stderr)
             return row["utt"], None

@@ -7,7 +7,7 @@
 # Stages:
 #   1. local/mini_world.py: the text side in ${world_dir}: qa_{train,dev,test}.jsonl,
 #      sentences_{train,dev}.jsonl, plan_{train,dev,test}.jsonl, voices.tsv, words.txt.
-#   2. local/synthesize.py: espeak-ng speech (0.05-0.5 s of silence around each utterance)
+#   2. local/synthesize.py: espeak-ng speech (0.05-0.3 s of silence around each utterance, a noise floor)
 #      in ${world_dir}/wav/<set>, and the Kaldi dirs
 #        data/train  train questions + plain sentences, the 16 training voices (tr01..tr16)
 #        data/dev    dev questions + plain sentences (validation), training voices

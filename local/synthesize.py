@@ -3,7 +3,7 @@
 
 Reads a plan written by ``local/mini_world.py`` (JSONL: utt, speaker, text, kind,
 optional answer) and the voice table; writes one 16 kHz mono 16-bit wav per utterance
-(espeak's silence trimmed, then 0.05-0.5 s of silence on each side and a noise floor of
+(espeak's silence trimmed, then 0.05-0.3 s of silence on each side and a noise floor of
 -70 to -50 dBFS, drawn per utterance) under ``--audio_dir`` and a Kaldi data dir with
 ``wav.scp`` (absolute paths), ``text``, ``utt2spk``, ``spk2utt``, ``utt2kind`` and, for
 question utterances, ``answer``.
@@ -37,7 +37,7 @@ from tqdm import tqdm
 # Trim espeak's own leading/trailing silence, then give each utterance margins of its own: a
 # tokenizer trained on one fixed margin drops the first word of a recording with more silence.
 TRIM_SILENCE = "silence 1 0.01 0.1% reverse silence 1 0.01 0.1% reverse".split()
-MARGIN_SECONDS = (0.05, 0.5)
+MARGIN_SECONDS = (0.05, 0.3)
 # And a noise floor, as any microphone has: espeak's silence is exact zeros, whose log-mel
 # (log 1e-10, ESPnet's floor) is far below speech and, over long margins, skews the global
 # mean/variance normalization enough to slow stage 1 down markedly.

@@ -225,7 +225,7 @@ def test_synthesis_two_utterances(
     # Each utterance has its own recording conditions, the same in every run.
     how = synthesize.conditions("tr02-q1")
     assert how == synthesize.conditions("tr02-q1") != synthesize.conditions("tr01-s1")
-    assert 0.05 <= how.lead <= 0.5 and 0.05 <= how.trail <= 0.5
+    assert 0.05 <= how.lead <= 0.3 and 0.05 <= how.trail <= 0.3
     assert -70 <= how.noise_dbfs <= -50
 
 

@@ -9,14 +9,13 @@
 """
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
 import transformers
 
 from espnet_alignchat.bin import chat, inspect_model, pack_model
-from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.cli import exit_on_user_error, setup_logging
 
 COMMANDS = {"chat": chat, "pack": pack_model, "inspect": inspect_model}
 
@@ -43,10 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     # The commands' output is the answers: no "Loading weights" bars between them.
     transformers.utils.logging.disable_progress_bar()
     with exit_on_user_error(f"espnet-alignchat {args.command}"):

@@ -1,6 +1,7 @@
 """What the entry points share: one-line errors for bad input, the LLM's decoding options."""
 
 import argparse
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
@@ -25,6 +26,13 @@ def one_line(error: BaseException) -> str:
     last = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
     marker = f"{type(error).__name__}: "
     return last.split(marker, 1)[1] if marker in last else last
+
+
+def setup_logging(level: str) -> None:
+    """The entry points' log format, ESPnet's (``time (module) LEVEL: message``)."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s (%(module)s) %(levelname)s: %(message)s"
+    )
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from espnet_alignchat.cli import (
     add_generation_arguments,
     exit_on_user_error,
     generation_options,
+    setup_logging,
 )
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.inference import Speech2Chat
@@ -163,10 +164,7 @@ def inference(args) -> int:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     with exit_on_user_error("alignchat_inference"):
         status = inference(args)
     if status:

@@ -10,13 +10,12 @@ and ``scores.json`` under the decode dir (see ``espnet_alignchat.scoring``) and 
 """
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from espnet2.utils.types import str_or_none
 
-from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.scoring import score_decode_dir
 
 
@@ -74,10 +73,7 @@ def summary(scores: Dict) -> List[str]:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     with exit_on_user_error("alignchat_score"):
         scores = score_decode_dir(args.data_dir, args.decode_dir, args.llm)
     print("\n".join(summary(scores)))

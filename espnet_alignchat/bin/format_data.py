@@ -37,7 +37,7 @@ import torch
 from espnet2.utils.types import str2bool
 from tqdm import tqdm
 
-from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.llm import load_tokenizer
 from espnet_alignchat.preprocessor import InputError
@@ -354,10 +354,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     args = parser.parse_args(cmd)
     if args.nj < 1:
         parser.error("--nj must be at least 1")
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     with exit_on_user_error(PROG):
         line, kept = format_data(args)
     print(line)

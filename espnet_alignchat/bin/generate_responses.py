@@ -29,6 +29,7 @@ from espnet_alignchat.cli import (
     add_generation_arguments,
     exit_on_user_error,
     generation_options,
+    setup_logging,
 )
 from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
 from espnet_alignchat.llm import DTYPES, SPEECH_PLACEHOLDER, FrozenLLM
@@ -136,10 +137,7 @@ def generate(args: argparse.Namespace) -> None:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     with exit_on_user_error("generate_responses"):
         generate(args)
 

@@ -33,7 +33,7 @@ import numpy as np
 from espnet2.utils.types import str_or_none
 from tqdm import tqdm
 
-from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir
 from espnet_alignchat.inference import load_speech
 from espnet_alignchat.preprocessor import InputError
@@ -191,10 +191,7 @@ def infer(args: argparse.Namespace) -> int:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     with exit_on_user_error("voicebench_infer"):
         status = infer(args)
     if status:

@@ -12,6 +12,7 @@ install_requires = [
     "torchaudio==2.11.0",
     "transformers>=4.56",
     "accelerate",  # transformers needs it to load a model straight onto a device
+    "gguf",  # transformers reads GGUF files (convert_model --format gguf) with it
     "safetensors",
     "sentencepiece",
     "kaldiio",
@@ -22,6 +23,11 @@ install_requires = [
     "matplotlib",
     "tqdm",
 ]
+
+# The recipe's real track (egs2/alignchat/run.sh) reads prompt sets stored as Arrow files and
+# speaks them with a neural voice too (piper-tts, GPL-3.0, run as a synthesizer program).
+recipe_requires = ["pyarrow", "piper-tts==1.8.0"]
+test_requires = ["pytest>=7", "black", "isort", *recipe_requires]
 
 setup(
     name="espnet-alignchat",
@@ -36,7 +42,7 @@ setup(
     entry_points={
         "console_scripts": ["espnet-alignchat=espnet_alignchat.__main__:main"]
     },
-    extras_require={"test": ["pytest>=7", "black", "isort"]},
+    extras_require={"recipe": recipe_requires, "test": test_requires},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Multimedia :: Sound/Audio :: Speech",

@@ -1,6 +1,6 @@
 """Data preprocessing: checked speech, and text turned into the LLM's own token ids."""
 
-from typing import Dict, Iterable, Union
+from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 
@@ -28,13 +28,31 @@ def check_speech(utt_id: str, speech: np.ndarray) -> np.ndarray:
     return speech.astype(np.float32, copy=False)
 
 
+def check_features(utt_id: str, feats: np.ndarray, size: int) -> np.ndarray:
+    """Features (frames, `size`) with frames, all finite, as float32; `InputError` otherwise.
+
+    For data that hold features instead of audio (``--input_size``), such as the cached
+    outputs of a frozen encoder.
+    """
+    if feats.ndim != 2 or feats.shape[1] != size:
+        raise InputError(
+            f"{utt_id}: features have shape {feats.shape}, expected (frames, {size})"
+        )
+    if feats.shape[0] == 0:
+        raise InputError(f"{utt_id}: the features have no frames")
+    if not np.isfinite(feats).all():
+        raise InputError(f"{utt_id}: the features have NaN or infinite values")
+    return feats.astype(np.float32, copy=False)
+
+
 class AlignChatPreprocessor:
     """ESPnet preprocess function: ``(utt_id, data) -> data`` with arrays only.
 
     ``text`` and ``response`` arrive as strings (ESPnet's ``text`` data type) and leave as the
     LLM tokenizer's ids with ``add_special_tokens=False``; token ids prepared beforehand
     (``text_int``) pass through. The tokenizer is loaded lazily, so the object stays cheap to
-    pickle into DataLoader workers.
+    pickle into DataLoader workers. ``speech`` is a waveform, or with `feature_size` features of
+    that width (``--input_size``).
     """
 
     def __init__(
@@ -42,10 +60,12 @@ class AlignChatPreprocessor:
         llm: str,
         trust_remote_code: bool = False,
         text_names: Iterable[str] = TEXT_NAMES,
+        feature_size: Optional[int] = None,
     ):
         self.llm = llm
         self.trust_remote_code = trust_remote_code
         self.text_names = tuple(text_names)
+        self.feature_size = feature_size
         self._tokenizer = None
 
     def __getstate__(self):
@@ -62,7 +82,12 @@ class AlignChatPreprocessor:
     ) -> Dict[str, np.ndarray]:
         data = dict(data)
         if "speech" in data:
-            data["speech"] = check_speech(utt_id, data["speech"])
+            if self.feature_size is None:
+                data["speech"] = check_speech(utt_id, data["speech"])
+            else:
+                data["speech"] = check_features(
+                    utt_id, data["speech"], self.feature_size
+                )
         for name in self.text_names:
             if name not in data:
                 continue

@@ -180,7 +180,11 @@ class AlignChatTask(AbsTask):
     ) -> Optional[Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]]:
         if not args.use_preprocessor:
             return None
-        return AlignChatPreprocessor(args.llm, args.trust_remote_code)
+        # --input_size > 1: the data hold features (e.g. a frozen encoder's cached outputs).
+        feature_size = args.input_size if (args.input_size or 1) > 1 else None
+        return AlignChatPreprocessor(
+            args.llm, args.trust_remote_code, feature_size=feature_size
+        )
 
     @classmethod
     def required_data_names(
@@ -220,7 +224,8 @@ class AlignChatTask(AbsTask):
             args.frontend, args.frontend_conf = None, {}
             # No features, so no statistics to collect: the stats jobs only measure shapes.
             args.model_conf["extract_feats_in_collect_stats"] = False
-            frontend, input_size = None, 1
+            # 1: waveforms; the encoder's hidden size: its cached frozen outputs.
+            frontend, input_size = None, args.input_size or 1
         elif args.input_size is None:
             frontend = frontend_choices.get_class(args.frontend)(**args.frontend_conf)
             input_size = frontend.output_size()
@@ -260,14 +265,14 @@ class AlignChatTask(AbsTask):
 
 
 def check_waveform_options(args: argparse.Namespace) -> None:
-    """A waveform encoder computes its own features: no frontend, normalize or specaug."""
+    """A waveform encoder computes its own features: no frontend, normalize or specaug.
+
+    `--input_size` is checked by the encoder: 1 (waveforms) or its hidden size (its cached
+    outputs, see `espnet_alignchat.encoders.base`).
+    """
     name = args.encoder
     if args.frontend is not None and args.input_size is None:
         raise ConfigError(f"encoder {name} reads the waveform: set frontend: none")
-    if args.input_size not in (None, 1):
-        raise ConfigError(
-            f"encoder {name} reads the waveform (input_size 1): {args.input_size}"
-        )
     if args.normalize is not None:
         raise ConfigError(f"encoder {name} reads the waveform: set normalize: none")
     if args.specaug is not None:

@@ -21,10 +21,15 @@ from transformers import (
 )
 from transformers.models.whisper import modeling_whisper
 
-from espnet_alignchat.bin import alignchat_inference, alignchat_train
+from espnet_alignchat.bin import (
+    alignchat_inference,
+    alignchat_train,
+    dump_encoder_outputs,
+)
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.encoders import ConfigError, HFSSLEncoder, HFWhisperEncoder
 from espnet_alignchat.encoders.whisper import _ENCODER_KEYS
+from espnet_alignchat.preprocessor import AlignChatPreprocessor, InputError
 from espnet_alignchat.task import AlignChatTask
 
 SSL_SHAPE = dict(
@@ -331,6 +336,113 @@ def test_training_step_through_espnet_main(models, tiny_llm, tmp_path, kind):
             + ["--max_new_tokens", "2", "--max_tokens", "4"]
         )
         assert sorted(read_kaldi_map(tmp_path / "decode/text")) == sorted(UTTERANCES)
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wavlm"])
+def test_cached_frozen_outputs_give_the_waveform_outputs(models, kind):
+    """What dump_encoder_outputs stores, read back, gives what the waveform gives."""
+    encoder = build(kind, models[kind], downsample_rate=2).eval()
+    batch, lengths = padded_batch([0.7, 0.31])
+    with torch.no_grad():
+        expected, expected_lengths, _ = encoder(batch, lengths)
+        frames, frame_lengths = encoder.frozen_outputs(batch, lengths)
+        # Each utterance stored on its own, as the dump does, then batched again.
+        rows = [frames[i, : frame_lengths[i]] for i in range(len(lengths))]
+        cached = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        out, out_lengths, _ = encoder(cached, frame_lengths)
+    assert torch.equal(out_lengths, expected_lengths)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_cached_outputs_need_a_frozen_encoder_of_their_width(models):
+    with pytest.raises(ConfigError, match="input_size 1.*or its own cached outputs"):
+        build("whisper", models["whisper"], input_size=20)
+    with pytest.raises(ConfigError, match="need freeze: all, not bottom"):
+        build(
+            "whisper",
+            models["whisper"],
+            input_size=32,
+            freeze="bottom",
+            frozen_layers=1,
+        )
+    trained = build("whisper", models["whisper"], freeze="none")
+    with pytest.raises(ConfigError, match="only a wholly frozen model"):
+        trained.frozen_outputs(*padded_batch([0.3]))
+    with pytest.raises(ConfigError, match=r"got shape \(1, 5, 7\)"):
+        build("whisper", models["whisper"])(torch.zeros(1, 5, 7), torch.tensor([5]))
+
+
+def test_training_on_cached_encoder_outputs(models, tiny_llm, tmp_path):
+    """dump_encoder_outputs once, then ESPnet trains on the .npy files; the model decodes
+    waveforms; a rerun computes nothing again; unreadable audio is skipped with a line.
+    """
+    data = write_data_dir(tmp_path / "data", UTTERANCES)
+    with open(data / "wav.scp", "a") as f:
+        f.write(f"spk9_broken {tmp_path / 'missing.wav'}\n")
+    config = {
+        "frontend": None,
+        "normalize": None,
+        "encoder": "whisper",
+        "encoder_conf": {"name_or_path": str(models["whisper"]), "downsample_rate": 2},
+        "decoder_conf": DECODER,
+        "model_conf": {"mode": "pretrain"},
+        "optim": "adam",
+    }
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    cache = tmp_path / "cache"
+    dump = ["--config", str(config_file), "--data_dir", str(data)]
+    dump += ["--output_dir", str(cache)]
+    dump_encoder_outputs.main(dump)
+    scp = read_kaldi_map(cache / "encoder_out.scp")
+    assert sorted(scp) == sorted(UTTERANCES)
+    assert "spk9_broken" in read_kaldi_map(cache / "skipped")
+    first = np.load(scp["spk1_utt0"])
+    assert first.dtype == np.float16 and first.shape[1] == 32
+    stamp = Path(scp["spk1_utt0"]).stat().st_mtime_ns
+    dump_encoder_outputs.main(dump)  # resumed: nothing computed again
+    assert Path(scp["spk1_utt0"]).stat().st_mtime_ns == stamp
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    entries = [f"{cache}/encoder_out.scp,speech,npy", f"{data}/text,text,text"]
+    common = ["--config", str(path), "--llm", str(tiny_llm), "--input_size", "32"]
+    common += [a for e in entries for a in ("--train_data_path_and_name_and_type", e)]
+    common += [a for e in entries for a in ("--valid_data_path_and_name_and_type", e)]
+    common += ["--num_workers", "0", "--batch_type", "unsorted", "--batch_size", "3"]
+    shapes = ["--train_shape_file", str(cache / "encoder_out.scp")]
+    shapes += ["--valid_shape_file", str(cache / "encoder_out.scp")]
+    alignchat_train.main(
+        common
+        + shapes
+        + ["--output_dir", str(tmp_path / "stats")]
+        + ["--collect_stats", "true"]
+    )
+    shape = (tmp_path / "stats/train/speech_shape").read_text().split()
+    assert shape[1].endswith(",32")  # frames of the encoder, not samples
+    stats = tmp_path / "stats"
+    alignchat_train.main(
+        common
+        + ["--output_dir", str(tmp_path / "exp"), "--max_epoch", "1"]
+        + ["--train_shape_file", str(stats / "train/speech_shape")]
+        + ["--valid_shape_file", str(stats / "valid/speech_shape")]
+        + ["--use_tensorboard", "false", "--use_matplotlib", "false"]
+        + ["--num_att_plot", "0"]
+    )
+    alignchat_inference.main(  # inference reads the waveforms themselves
+        ["--model_dir", str(tmp_path / "exp"), "--model_file", "1epoch.pth"]
+        + ["--data_dir", str(data), "--output_dir", str(tmp_path / "decode")]
+        + ["--max_new_tokens", "2", "--max_tokens", "4"]
+    )
+    assert sorted(read_kaldi_map(tmp_path / "decode/text")) == sorted(UTTERANCES)
+
+
+def test_features_of_the_wrong_width_are_one_line_errors():
+    preprocess = AlignChatPreprocessor("unused", feature_size=32)
+    with pytest.raises(InputError, match=r"u1: features have shape \(5, 7\)"):
+        preprocess("u1", {"speech": np.zeros((5, 7), dtype=np.float16)})
+    ok = preprocess("u1", {"speech": np.zeros((5, 32), dtype=np.float16)})
+    assert ok["speech"].dtype == np.float32
 
 
 def test_encoder_initialised_from_an_espnet_asr_checkpoint(tiny_llm, tmp_path):

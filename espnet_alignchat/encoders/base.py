@@ -4,6 +4,12 @@ A waveform encoder takes the raw 16 kHz waveform (``frontend: none``) and comput
 features, so a pretrained model sees exactly the input it was trained on. It wraps a Hugging Face
 model (``self.model``) whose Transformer layers are ``self.layers``; freezing is expressed on
 those two, and frozen parts run in eval mode (no dropout: they are fixed feature extractors).
+
+A wholly frozen model gives the same frames for an utterance in every epoch, so training may
+read them from disk instead (``python -m espnet_alignchat.bin.dump_encoder_outputs``, with
+``--input_size`` set to the model's hidden size): the encoder then takes ``(batch, frames,
+hidden)`` and runs only the trainable adapter. It still takes the waveform as well, which is
+what a trained model is given at inference.
 """
 
 from abc import abstractmethod
@@ -117,6 +123,7 @@ class WaveformEncoder(AbsEncoder):
     def _setup(
         self,
         model: nn.Module,
+        input_size: int,
         hidden_size: int,
         freeze: str,
         frozen_layers: int,
@@ -142,12 +149,27 @@ class WaveformEncoder(AbsEncoder):
             if downsample_rate > 1 or output_size is not None
             else None
         )
+        self._check_input_size(input_size)
         model.requires_grad_(freeze == "none")
         for layer in self.trainable_layers:
             layer.requires_grad_(True)
         for parameter in self.fixed_parameters():
             parameter.requires_grad_(False)
         self.train()
+
+    def _check_input_size(self, input_size: int) -> None:
+        """1: the data are waveforms; the hidden size: the frozen model's own outputs."""
+        name = type(self).__name__
+        if input_size not in (1, self.hidden_size):
+            raise ConfigError(
+                f"{name} reads the waveform (input_size 1) or its own cached outputs "
+                f"(input_size {self.hidden_size}): {input_size}"
+            )
+        if input_size == self.hidden_size and self.freeze != "all":
+            raise ConfigError(
+                f"{name}: cached encoder outputs (input_size {input_size}) need "
+                f"freeze: all, not {self.freeze}: a trained layer changes its outputs"
+            )
 
     @property
     @abstractmethod
@@ -197,19 +219,49 @@ class WaveformEncoder(AbsEncoder):
         frames = self.frame_lengths(lengths)
         return self.adapter.output_lengths(frames) if self.adapter else frames
 
+    @torch.no_grad()
+    def frozen_outputs(
+        self, speech: torch.Tensor, lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The frozen model's frames, zero past each length: what ``dump_encoder_outputs``
+        stores and `forward` reads back in place of the waveform."""
+        if self.freeze != "all":
+            raise ConfigError(
+                f"{type(self).__name__}: only a wholly frozen model (freeze: all) has "
+                "outputs that can be cached"
+            )
+        return self._model_frames(speech, lengths)
+
+    def _model_frames(
+        self, speech: torch.Tensor, lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        hidden, frames = self.encode_waveform(zero_padding(speech, lengths), lengths)
+        return zero_padding(hidden, frames), frames
+
     def forward(
         self,
         xs_pad: torch.Tensor,
         ilens: torch.Tensor,
         prev_states: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, None]:
-        if xs_pad.dim() != 2:
+        """A waveform (batch, samples), or the cached frames (batch, frames, hidden) of the
+        frozen model, with their lengths."""
+        name = type(self).__name__
+        if xs_pad.dim() == 3 and xs_pad.shape[-1] == self.hidden_size:
+            if self.freeze != "all":
+                raise ConfigError(
+                    f"{name}: cached encoder outputs need freeze: all, not {self.freeze}"
+                )
+            dtype = next(self.model.parameters()).dtype
+            hidden, lengths = zero_padding(xs_pad.to(dtype), ilens), ilens
+        elif xs_pad.dim() == 2:
+            hidden, lengths = self._model_frames(xs_pad, ilens)
+        else:
             raise ConfigError(
-                f"{type(self).__name__} reads the waveform (batch, samples), got shape "
-                f"{tuple(xs_pad.shape)}: set frontend: none"
+                f"{name} reads the waveform (batch, samples) or its own cached outputs "
+                f"(batch, frames, {self.hidden_size}), got shape {tuple(xs_pad.shape)}: "
+                "set frontend: none"
             )
-        hidden, lengths = self.encode_waveform(zero_padding(xs_pad, ilens), ilens)
-        hidden = zero_padding(hidden, lengths)
         if self.adapter is not None:
             hidden, lengths = self.adapter(hidden, lengths)
         return hidden, lengths, None

@@ -62,7 +62,8 @@ class HFSSLEncoder(WaveformEncoder):
     """A self-supervised speech model (Hugging Face `transformers`) as an ESPnet encoder.
 
     Args:
-        input_size: the waveform's feature size, 1 (ESPnet passes it).
+        input_size: 1, the waveform (ESPnet passes it); or the model's hidden size when
+            training reads the frozen model's cached outputs (see `WaveformEncoder`).
         name_or_path: hub id or local directory (e.g. ``microsoft/wavlm-large``); None builds
             the architecture from `config_overrides` (which then needs ``model_type``).
         load_pretrained: read the weights; False reads only ``config.json``: random weights.
@@ -92,8 +93,6 @@ class HFSSLEncoder(WaveformEncoder):
         output_size: Optional[int] = None,
     ):
         super().__init__()
-        if input_size != 1:
-            raise ConfigError(f"hf_ssl reads the waveform (input_size 1): {input_size}")
         overrides = {"layerdrop": 0.0, **(config_overrides or {})}
         model = load_ssl_model(name_or_path, load_pretrained, overrides)
         self.use_attention_mask = (
@@ -106,6 +105,7 @@ class HFSSLEncoder(WaveformEncoder):
         )
         self._setup(
             model,
+            input_size,
             model.config.hidden_size,
             freeze,
             frozen_layers,

@@ -55,7 +55,8 @@ class HFWhisperEncoder(WaveformEncoder):
     """Whisper's encoder (Hugging Face `transformers`) as an ESPnet encoder on the waveform.
 
     Args:
-        input_size: the waveform's feature size, 1 (ESPnet passes it).
+        input_size: 1, the waveform (ESPnet passes it); or the model's hidden size when
+            training reads the frozen model's cached outputs (see `WaveformEncoder`).
         name_or_path: hub id or local directory of a Whisper model (whole model or encoder
             alone). None builds the architecture from `config_overrides` alone.
         load_pretrained: read the weights; False reads only ``config.json`` and starts from
@@ -88,10 +89,6 @@ class HFWhisperEncoder(WaveformEncoder):
         output_size: Optional[int] = None,
     ):
         super().__init__()
-        if input_size != 1:
-            raise ConfigError(
-                f"whisper reads the waveform (input_size 1): {input_size}"
-            )
         model = load_whisper_encoder(
             name_or_path, load_pretrained, config_overrides or {}
         )
@@ -111,6 +108,7 @@ class HFWhisperEncoder(WaveformEncoder):
         self.specaug = SpecAug(**specaug_conf) if specaug_conf is not None else None
         self._setup(
             model,
+            input_size,
             config.d_model,
             freeze,
             frozen_layers,

@@ -432,6 +432,35 @@ class FrozenLLM:
         )
         return PromptLayout(prefix, suffix, self.turn_end)
 
+    def template_mismatch(
+        self,
+        text: str,
+        system: Optional[str] = None,
+        user_template: str = SPEECH_PLACEHOLDER,
+    ) -> Optional[Tuple[List[str], List[str]]]:
+        """None if the prompt built for `text` is token for token what the LLM's own
+        ``apply_chat_template`` makes of the same message; else both, as token strings.
+
+        We tokenize the transcript on its own (that is what the speech tokenizer emits) and
+        put it between the template's pieces; a tokenizer whose merges cross the cut (a
+        template with no space or newline before the content, or a SentencePiece prefix
+        space) would make the text-conditioned prompt differ from the LLM's usual one.
+        """
+        layout = self.prompt_layout(system, user_template)
+        ours = layout.prefix + self.tokenize(text) + layout.suffix
+        messages = [{"role": "system", "content": system}] if system else []
+        content = user_template.replace(SPEECH_PLACEHOLDER, text)
+        messages.append({"role": "user", "content": content})
+        theirs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        if not isinstance(theirs, list):  # a BatchEncoding in recent transformers
+            theirs = theirs["input_ids"]
+        if ours == list(theirs):
+            return None
+        tokens = self.tokenizer.convert_ids_to_tokens
+        return tokens(ours), tokens(list(theirs))
+
     @cached_property
     def turn_end(self) -> List[int]:
         """The tokens the chat template closes an assistant's answer with (e.g. <|eot_id|>)."""

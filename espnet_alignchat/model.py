@@ -237,6 +237,10 @@ class AlignChatModel(AbsESPnetModel):
         loss = sum(self.weights[name] * value for name, value in losses.items())
         stats = {f"loss_{name}": value.detach() for name, value in losses.items()}
         stats["acc"] = (logits.argmax(-1) == y_valid).float().mean().detach()
+        # What the LLM reads in continuous mode should have the scale of its embeddings.
+        stats["norm_ratio"] = z_valid.detach().norm(
+            dim=-1
+        ).mean() / target_vectors.norm(dim=-1).mean().clamp(min=1e-8)
         return loss, stats
 
     def _ctc_loss(self, memory, memory_lengths, text, text_lengths):

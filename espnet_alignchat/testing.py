@@ -1,7 +1,10 @@
 """Tiny local stand-ins for a real LLM, for tests and benchmarks: nothing is downloaded.
 
-The LLM is a random `LlamaForCausalLM` with a word-level tokenizer trained on the spot and a chat
-template, saved with `save_pretrained`, so it is loaded back exactly as Llama-3 would be.
+The LLM is a random `LlamaForCausalLM` with a tokenizer trained on the spot and a chat template,
+saved with `save_pretrained`, so it is loaded back exactly as Llama-3 would be. The tokenizer is
+word-level (one token per word, easy to reason about) or byte-level BPE with a ChatML template
+and a default system prompt, as SmolLM2's and Qwen2.5's are (merges, leading spaces and the
+template's cut behave as in a real LLM).
 """
 
 from pathlib import Path
@@ -25,6 +28,15 @@ SPECIAL_TOKENS = [
     "<|user|>",
     "<|assistant|>",
 ]
+# ChatML with a default system prompt, as SmolLM2-Instruct's template has it.
+CHATML_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
     "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -50,6 +62,30 @@ def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def build_bpe_tokenizer(
+    texts: Sequence[str], vocab_size: int = 400
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2's pre-tokenizer) trained on `texts`, ChatML, ``<|im_end|>`` EOS."""
+    model = Tokenizer(models.BPE())
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=CHATML_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    model.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 def save_random_llm(
     path: Union[str, Path],
     words: Sequence[str],
@@ -58,13 +94,16 @@ def save_random_llm(
     vocab_size: Optional[int] = None,
     seed: int = 0,
     max_shard_size: Optional[str] = None,
+    bpe: bool = False,
 ) -> Path:
     """A random Llama and its tokenizer in `path`, like a hub checkpoint.
 
-    `vocab_size` may exceed the tokenizer's size, as real LLMs pad their embedding matrix.
+    The tokenizer is word-level over `words`, or with `bpe` byte-level BPE trained on them
+    (each item a text) with ChatML. `vocab_size` may exceed the tokenizer's size, as real LLMs
+    pad their embedding matrix.
     """
-    tokenizer = build_word_tokenizer(words)
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    tokenizer = build_bpe_tokenizer(words) if bpe else build_word_tokenizer(words)
+    end_id = tokenizer.eos_token_id
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size or len(tokenizer),

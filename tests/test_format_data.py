@@ -139,6 +139,7 @@ def test_format_data_filters_resamples_and_tokenizes(
     assert read_kaldi_map(out / "spk2utt") == {"spkA": "A1 A2", "spkB": "B1"}
     assert read_kaldi_map(out / "answer") == {"A1": "three", "B1": "hi"}
     assert not (out / "spk2gender").exists() and not (out / "response_int").exists()
+    assert not (out / "template_mismatch").exists()  # the template's cut is clean
 
     # Two workers write the same files, and a rerun replaces the output, stale audio included.
     first = snapshot(out, relative=True)
@@ -147,6 +148,19 @@ def test_format_data_filters_resamples_and_tokenizes(
     (out / "data" / "Z9.flac").write_bytes(b"stale")
     run_format(source, out, tiny_llm, "--nj", "2")
     assert snapshot(out, relative=True) == first
+
+
+def test_transcripts_tokenized_otherwise_inside_the_template_are_listed(
+    source, tmp_path, tiny_llm, caplog
+):
+    """A user template that glues the transcript to a word changes its tokens."""
+    out = tmp_path / "glued"
+    run_format(source, out, tiny_llm, "--nj", "1", "--user_template", "say{speech}")
+    mismatches = read_kaldi_map(out / "template_mismatch")
+    assert sorted(mismatches) == ["A1", "A2", "B1"]
+    assert mismatches["A2"].startswith("ours: ") and " | template: " in mismatches["A2"]
+    run_format(source, out, tiny_llm, "--nj", "1")  # a clean rerun removes the list
+    assert not (out / "template_mismatch").exists()
 
 
 def test_format_data_without_filter_drops_only_unusable_audio(tmp_path, tiny_llm):

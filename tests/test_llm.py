@@ -15,6 +15,7 @@ from espnet_alignchat.llm import (
     load_embeddings,
     splice_vectors,
 )
+from espnet_alignchat.testing import save_random_llm
 
 
 def model_embeddings(path) -> torch.Tensor:
@@ -143,3 +144,46 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_llm):
         llm.build_inputs(prompts), max_new_tokens=4, do_sample=True, top_p=0.9
     )
     assert len(sampled) == len(prompts)
+
+
+# Prompts a spoken-chat user could give, with leading spaces, merges and punctuation.
+BPE_TEXTS = [
+    "What is the capital of France?",
+    "Who wrote the novel Moby Dick?",
+    "hello there, how are you doing today",
+    "Why don't cats like water?",
+    "Tell me a joke!",
+    "Name three primary colors.",
+]
+
+
+@pytest.fixture(scope="module")
+def bpe_llm(tmp_path_factory):
+    """A random Llama with a byte-level BPE tokenizer and ChatML, like SmolLM2's."""
+    return FrozenLLM(
+        str(
+            save_random_llm(
+                tmp_path_factory.mktemp("bpe") / "bpe-llama", BPE_TEXTS * 4, bpe=True
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("system", [None, "Answer briefly."])
+@pytest.mark.parametrize("text", BPE_TEXTS + ["What", "  spaced  out "])
+def test_bpe_transcripts_are_tokenized_at_the_cut_as_in_the_whole_prompt(
+    bpe_llm, text, system
+):
+    """ChatML puts a newline before the content: no merge crosses the cut."""
+    assert bpe_llm.tokenize("What is") != bpe_llm.tokenize(" What is")  # real BPE
+    assert bpe_llm.template_mismatch(text, system) is None
+
+
+def test_a_merge_across_the_cut_is_reported(bpe_llm):
+    """A user template that glues the transcript to a word: BPE merges across the cut."""
+    mismatch = bpe_llm.template_mismatch("hello there", user_template="Say:{speech}")
+    assert mismatch is None  # ":" and a letter are separate pre-tokens
+    assert len(bpe_llm.tokenize("What")) == 1
+    text = "at is the capital of France?"
+    ours, theirs = bpe_llm.template_mismatch(text, user_template="Wh{speech}")
+    assert "What" in theirs and "What" not in ours

@@ -12,13 +12,17 @@ reads ``--in_dir`` (``wav.scp`` with paths, pipes or ark offsets, optional ``seg
   other per-utterance files, restricted to the kept utterances;
 - ``text_int`` (and ``response_int`` when there is a ``response``): the LLM tokenizer's ids
   (``add_special_tokens=False``) in ESPnet's ``text_int`` format, ``uttid 12 7 301``;
-- ``dropped``: ``uttid reason: detail`` for each utterance left out.
+- ``dropped``: ``uttid reason: detail`` for each utterance left out;
+- ``template_mismatch``, only if there is any: the transcripts whose prompt (the chat
+  template's pieces around the transcript's own tokens, as training and the text-conditioned
+  answers build it) differs from what the LLM's ``apply_chat_template`` makes of the same
+  message, with both token sequences (see `FrozenLLM.template_mismatch`).
 
 An utterance whose audio cannot be used (unreadable, empty, non-finite, multi-channel) is
 reported on one line and dropped, never fatal. With ``--filter true`` (training and validation
 sets) so are utterances shorter than ``--min_duration`` or longer than ``--max_duration``
 seconds, and those whose transcript is missing, empty or longer than ``--max_tokens`` tokens.
-Only the LLM's tokenizer is loaded. The output depends on the input and the options, not on
+Only the LLM's tokenizer and config are loaded. The output depends on the input and the options, not on
 ``--nj``; a rerun replaces it.
 """
 
@@ -34,12 +38,12 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import numpy as np
 import soundfile
 import torch
-from espnet2.utils.types import str2bool
+from espnet2.utils.types import str2bool, str_or_none
 from tqdm import tqdm
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
-from espnet_alignchat.llm import load_tokenizer
+from espnet_alignchat.llm import SPEECH_PLACEHOLDER, FrozenLLM
 from espnet_alignchat.preprocessor import InputError
 
 PROG = "format_data"
@@ -58,6 +62,7 @@ NOT_COPIED = {
     "text_int",
     "response_int",
     "dropped",
+    "template_mismatch",
     "reco2file_and_channel",
     "reco2dur",
     "utt2dur",
@@ -89,6 +94,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--llm", required=True, help="hub id or dir of the LLM whose tokenizer to use"
     )
     parser.add_argument("--trust_remote_code", type=str2bool, default=False)
+    parser.add_argument(
+        "--user_template",
+        default=SPEECH_PLACEHOLDER,
+        help="the user turn around the transcript, to check the chat template's cut",
+    )
+    parser.add_argument("--system_prompt", type=str_or_none, default=None)
     parser.add_argument("--fs", type=int, default=16000, help="output sample rate")
     parser.add_argument("--audio_format", choices=AUDIO_FORMATS, default="flac")
     parser.add_argument("--min_duration", type=float, default=0.1, help="seconds")
@@ -229,6 +240,19 @@ def tokenize(tokenizer, texts: Dict[str, str]) -> Dict[str, List[int]]:
     }
 
 
+def template_mismatches(
+    llm: FrozenLLM, texts: Dict[str, str], system: Optional[str], user_template: str
+) -> Dict[str, str]:
+    """``uttid -> "ours: ... | template: ..."`` for each text whose prompt tokens differ."""
+    found = {}
+    for utt_id, text in texts.items():
+        mismatch = llm.template_mismatch(text, system, user_template)
+        if mismatch is not None:
+            ours, theirs = mismatch
+            found[utt_id] = f"ours: {' '.join(ours)} | template: {' '.join(theirs)}"
+    return found
+
+
 def check_text(
     utt_id: str, texts: Dict[str, str], ids: Dict[str, List[int]], max_tokens: int
 ) -> Optional[Drop]:
@@ -284,7 +308,8 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     # Written text is whitespace-normalized, so its ids are those of the normalized text.
     texts = {key: " ".join(value.split()) for key, value in data.text().items()}
     extras = utterance_files(args.in_dir, set(utt_ids))
-    tokenizer = load_tokenizer(args.llm, args.trust_remote_code)
+    llm = FrozenLLM(args.llm, trust_remote_code=args.trust_remote_code)
+    tokenizer = llm.tokenizer
     token_ids = {"text": tokenize(tokenizer, texts)}
     if "response" in extras:
         responses = {k: " ".join(v.split()) for k, v in extras["response"].items()}
@@ -320,6 +345,22 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     kept = sorted(num_samples)
     remove_stale_audio(audio_dir, {writer.path(utt_id).name for utt_id in kept})
 
+    kept_texts = {utt_id: texts[utt_id] for utt_id in kept if texts.get(utt_id)}
+    mismatches = template_mismatches(
+        llm, kept_texts, args.system_prompt, args.user_template
+    )
+    if mismatches:
+        first = next(iter(mismatches.items()))
+        logging.warning(
+            f"{len(mismatches)} of {len(kept_texts)} transcripts are tokenized "
+            f"differently inside {args.llm}'s chat template than on their own (first: "
+            f"{first[0]}: {first[1]}); listed in {args.out_dir / 'template_mismatch'}"
+        )
+    else:
+        logging.info(
+            f"all {len(kept_texts)} transcripts are tokenized inside the chat template "
+            "as on their own"
+        )
     utt2spk, spk2utt = speaker_maps(args.in_dir, kept)
     outputs = {
         "wav.scp": {utt_id: str(writer.path(utt_id)) for utt_id in kept},
@@ -341,6 +382,9 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
             for utt_id in kept
             if ids.get(utt_id)
         }
+    (out_dir / "template_mismatch").unlink(missing_ok=True)
+    if mismatches:
+        outputs["template_mismatch"] = mismatches
     for name, values in outputs.items():
         write_kaldi_map(out_dir / name, values)
     if extras:

@@ -5,10 +5,17 @@
 
 writes, under the decode dir (the error-rate folders in ESPnet's layout):
 
-- ``score_wer/{ref.trn,hyp.trn,result.txt}``: sclite on the words of ``text``;
-- ``score_ter/{ref.trn,hyp.trn,result.txt}``: sclite on the LLM's own tokens (needs ``--llm``);
-- ``score_response/result.txt``: BLEU, chrF and exact agreement of ``response`` (speech) and
-  ``cascade/response`` against ``text_input/response`` (the LLM given the reference text);
+- ``score_wer/{ref.trn,hyp.trn,result.txt}``: sclite on the words of ``text``, both sides
+  normalised (lower case, punctuation removed), so that a transcript is not charged for the
+  written form the reference happens to use;
+- ``score_ter/{ref.trn,hyp.trn,result.txt}``: sclite on the LLM's own tokens, as they are
+  (case and punctuation count: the LLM reads them; needs ``--llm``);
+- ``cascade_whisper/score_wer/``: the same WER for Whisper's transcript
+  (``cascade_whisper/data/text``), when the decode dir has one;
+- ``score_response/result.txt``: BLEU, chrF and exact agreement of ``response`` (speech),
+  ``cascade/response`` (the tokenizer's transcript as text) and ``cascade_whisper/response``
+  (Whisper's transcript as text) against ``text_input/response`` (the LLM given the reference
+  text);
 - ``score_answer/result.txt``: exact accuracy against the data dir's ``answer``, if it has one;
 - ``scores.json``: every number above.
 
@@ -32,14 +39,18 @@ from espnet_alignchat.llm import load_tokenizer
 from espnet_alignchat.preprocessor import InputError
 
 TRANSCRIPT = "text"
+WHISPER_TRANSCRIPT = "cascade_whisper/data/text"
 SPEECH_RESPONSE = "response"
 TEXT_RESPONSE = "text_input/response"
 CASCADE_RESPONSE = "cascade/response"
+WHISPER_CASCADE_RESPONSE = "cascade_whisper/response"
 RESPONSE_LABELS = {
     SPEECH_RESPONSE: "speech",
     TEXT_RESPONSE: "text",
     CASCADE_RESPONSE: "cascade",
+    WHISPER_CASCADE_RESPONSE: "cascade_whisper",
 }
+OPTIONAL = (CASCADE_RESPONSE, WHISPER_TRANSCRIPT, WHISPER_CASCADE_RESPONSE)
 
 INSTALL_SCTK = (
     "sclite (SCTK) is neither on PATH nor found through `sctk path`: install it with "
@@ -267,8 +278,7 @@ def score_decode_dir(
             raise InputError(f"{data_dir / 'utt2spk'}: no line for utterance {utt_id}")
     answers = read_answers(data_dir, references)
     names = [TRANSCRIPT, SPEECH_RESPONSE, TEXT_RESPONSE]
-    if (decode_dir / CASCADE_RESPONSE).is_file():
-        names.append(CASCADE_RESPONSE)
+    names += [name for name in OPTIONAL if (decode_dir / name).is_file()]
     decoded, missing = {}, {}
     for name in names:
         decoded[name], missing[name] = read_decoded(decode_dir, name, list(references))
@@ -283,12 +293,23 @@ def score_decode_dir(
     )
 
     transcripts = decoded[TRANSCRIPT]
+    reference_words = {utt: normalize(text).split() for utt, text in references.items()}
     scores["wer"] = sclite_error_rate(
         decode_dir / "score_wer",
-        {utt_id: text.split() for utt_id, text in references.items()},
-        {utt_id: text.split() for utt_id, text in transcripts.items()},
+        reference_words,
+        {utt_id: normalize(text).split() for utt_id, text in transcripts.items()},
         utt2spk,
     )
+    if WHISPER_TRANSCRIPT in decoded:
+        scores["wer_whisper"] = sclite_error_rate(
+            decode_dir / "cascade_whisper" / "score_wer",
+            reference_words,
+            {
+                u: normalize(text).split()
+                for u, text in decoded[WHISPER_TRANSCRIPT].items()
+            },
+            utt2spk,
+        )
     if llm is not None:
         tokenizer = load_tokenizer(llm)
         # -s: tokens differing only in case are different tokens of the LLM.
@@ -301,10 +322,11 @@ def score_decode_dir(
         )
 
     text_answers = list(decoded[TEXT_RESPONSE].values())
-    pairs = {"speech_vs_text": (list(decoded[SPEECH_RESPONSE].values()), text_answers)}
-    if CASCADE_RESPONSE in decoded:
-        cascade_answers = list(decoded[CASCADE_RESPONSE].values())
-        pairs["cascade_vs_text"] = (cascade_answers, text_answers)
+    pairs = {
+        f"{RESPONSE_LABELS[name]}_vs_text": (list(decoded[name].values()), text_answers)
+        for name in (SPEECH_RESPONSE, CASCADE_RESPONSE, WHISPER_CASCADE_RESPONSE)
+        if name in decoded
+    }
     scores["response"] = score_responses(
         pairs, decode_dir / "score_response" / "result.txt"
     )

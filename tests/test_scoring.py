@@ -74,12 +74,51 @@ def test_wer_one_substitution_and_one_deletion_over_ten_words(tmp_path):
 def test_words_sclite_would_interpret_are_escaped_and_scored_as_words(tmp_path):
     reference = ";; (hi) {x / y} @ 100%"
     assert sclite_safe("(a b)") == "%0028a%0020b%0029"
+    assert sclite_safe("100%") == "100%0025"
     data_dir, decode_dir = write_dirs(
         tmp_path,
         decoded({"a_1": reference}, {"a_1": ""}, {"a_1": ""}),
     )
     wer = score_decode_dir(data_dir, decode_dir)["wer"]
-    assert (wer["wrd"], wer["errors"]) == (len(reference.split()), 0)
+    assert (wer["wrd"], wer["errors"]) == (4, 0)  # normalised: hi x y 100
+
+
+def test_wer_ignores_case_and_punctuation_but_ter_does_not(tmp_path):
+    tokenizer_dir = tmp_path / "llm"
+    build_word_tokenizer(["what", "What", "is", "it", "?"]).save_pretrained(
+        tokenizer_dir
+    )
+    files = decoded(
+        {"a_1": "what is it"},
+        {"a_1": ""},
+        {"a_1": ""},
+        reference={"a_1": "What is it ?"},
+    )
+    data_dir, decode_dir = write_dirs(tmp_path, files)
+    scores = score_decode_dir(data_dir, decode_dir, llm=str(tokenizer_dir))
+    assert (scores["wer"]["wrd"], scores["wer"]["errors"]) == (3, 0)
+    assert (scores["ter"]["wrd"], scores["ter"]["errors"]) == (4, 2)
+
+
+def test_whisper_cascade_is_scored_when_decoding_made_one(tmp_path):
+    transcripts = {"a_1": "what is two plus three", "a_2": "hello"}
+    text = {"a_1": "Five.", "a_2": "Hi there."}
+    files = decoded(transcripts, text, text, cascade=text)
+    files["cascade_whisper/data/text"] = {
+        "a_1": "What is 2 plus three?",
+        "a_2": "Hello.",
+    }
+    files["cascade_whisper/response"] = {"a_1": "Five.", "a_2": "Hello!"}
+    data_dir, decode_dir = write_dirs(tmp_path, files)
+    scores = score_decode_dir(data_dir, decode_dir)
+    assert (scores["wer_whisper"]["wrd"], scores["wer_whisper"]["errors"]) == (6, 1)
+    assert (decode_dir / "cascade_whisper/score_wer/result.txt").is_file()
+    assert scores["response"]["cascade_whisper_vs_text"]["exact_agreement"] == 50.0
+    table = alignchat_results.results_table(tmp_path / "exp")
+    header, row = table.splitlines()[-3], table.splitlines()[-1]
+    cells = dict(zip(header.split("|"), row.split("|")))
+    assert cells["WER whisper"] == "16.7" and cells["agree whisper cascade"] == "50.0"
+    assert cells["agree speech"] == "100.0" and cells["acc speech"] == ""
 
 
 def test_ter_counts_the_llms_tokens(tmp_path):
@@ -205,9 +244,9 @@ def test_results_table_has_a_row_per_scores_json(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "- python version: `" in table and "- espnet version: `" in table
     assert (
-        f"|{exp}/instruct|decode|test|40|12.5|10.3|80.0|90.0|85.0|0.889|70.0|75.5|"
+        f"|{exp}/instruct|decode|test|40|12.5|10.3||75.5|70.0||||||80.0|90.0|85.0|0.889|"
         in table
     )
-    assert f"|{exp}/pretrain|decode|dev|30|20.0||||||70.0|75.5|" in table
+    assert f"|{exp}/pretrain|decode|dev|30|20.0|||75.5|70.0||||||||||" in table
     alignchat_results.main(["--exp_dir", str(exp), "--output", str(tmp_path / "R.md")])
     assert (tmp_path / "R.md").read_text().endswith(table.splitlines()[-1] + "\n")

@@ -23,12 +23,22 @@ COLUMNS: List[Tuple[str, Tuple[str, ...], str]] = [
     ("#utt", ("utterances",), "{}"),
     ("WER", ("wer", "err"), "{:.1f}"),
     ("TER", ("ter", "err"), "{:.1f}"),
+    ("agree speech", ("response", "speech_vs_text", "exact_agreement"), "{:.1f}"),
+    ("chrF speech", ("response", "speech_vs_text", "chrf"), "{:.1f}"),
+    ("BLEU speech", ("response", "speech_vs_text", "bleu"), "{:.1f}"),
+    ("agree cascade", ("response", "cascade_vs_text", "exact_agreement"), "{:.1f}"),
+    ("chrF cascade", ("response", "cascade_vs_text", "chrf"), "{:.1f}"),
+    ("WER whisper", ("wer_whisper", "err"), "{:.1f}"),
+    (
+        "agree whisper cascade",
+        ("response", "cascade_whisper_vs_text", "exact_agreement"),
+        "{:.1f}",
+    ),
+    ("chrF whisper cascade", ("response", "cascade_whisper_vs_text", "chrf"), "{:.1f}"),
     ("acc speech", ("answer", "speech"), "{:.1f}"),
     ("acc text", ("answer", "text"), "{:.1f}"),
     ("acc cascade", ("answer", "cascade"), "{:.1f}"),
     ("speech/text", ("answer", "speech_over_text"), "{:.3f}"),
-    ("BLEU", ("response", "speech_vs_text", "bleu"), "{:.1f}"),
-    ("chrF", ("response", "speech_vs_text", "chrf"), "{:.1f}"),
 ]
 PACKAGES = ("torch", "espnet", "transformers", "espnet-alignchat")
 
@@ -86,8 +96,12 @@ def results_table(exp_dir: Path) -> str:
     lines.append("# RESULTS")
     lines += [*environment(), "", "## Scores"]
     lines.append(
-        "WER/TER (%) from sclite; accuracy (%): normalised exact match with `answer`; "
-        "BLEU/chrF: speech-conditioned vs text-conditioned responses (sacrebleu)."
+        "WER (%, sclite, on normalised words) of the speech tokenizer's transcript; TER (%) "
+        "on the LLM's tokens as they are; agree/chrF/BLEU: the speech-conditioned answer "
+        "(speech), the LLM's answer to the tokenizer's transcript (cascade) and to Whisper's "
+        "transcript (whisper cascade, with Whisper's WER) against the LLM's answer to the "
+        "reference text: exact agreement (%) after normalisation, sacrebleu's chrF and "
+        "BLEU; acc (%): normalised exact match with the data's `answer`, where it has one."
     )
     lines += ["", "|" + "|".join(headers) + "|", "|" + "---|" * len(headers)]
     lines += ["|" + "|".join(row(exp_dir, path)) + "|" for path in paths]

@@ -4,7 +4,7 @@
         --decode_dir exp/instruct/decode_test/test --llm exp/mini_llm
 
 reads what decoding wrote (``text``, ``response``, ``text_input/response`` and, if present,
-``cascade/response``) and the data dir's ``text``, ``utt2spk`` and, if present, ``answer``;
+``cascade/response``, ``cascade_whisper/data/text`` and ``cascade_whisper/response``) and the data dir's ``text``, ``utt2spk`` and, if present, ``answer``;
 writes ``score_wer/``, ``score_ter/`` (with ``--llm``), ``score_response/``, ``score_answer/``
 and ``scores.json`` under the decode dir (see ``espnet_alignchat.scoring``) and prints a summary.
 """
@@ -39,11 +39,11 @@ def get_parser() -> argparse.ArgumentParser:
 def summary(scores: Dict) -> List[str]:
     """A few lines for the log, like the ``Sum/Avg`` lines ESPnet's scoring stage prints."""
     lines = [f"{scores['decode_dir']}: {scores['utterances']} utterances"]
-    for name in ("wer", "ter"):
+    for name, label in (("wer", "WER"), ("ter", "TER"), ("wer_whisper", "Whisper WER")):
         if name in scores:
             rate = scores[name]
             lines.append(
-                f"  {name.upper()} {rate['err']:.1f} (sub {rate['sub']:.1f}, "
+                f"  {label} {rate['err']:.1f} (sub {rate['sub']:.1f}, "
                 f"del {rate['del']:.1f}, ins {rate['ins']:.1f}) over {rate['wrd']}"
             )
     for name, pair in scores["response"].items():
@@ -56,7 +56,7 @@ def summary(scores: Dict) -> List[str]:
         answer = scores["answer"]
         accuracies = " ".join(
             f"{label} {answer[label]:.1f}%"
-            for label in ("speech", "text", "cascade")
+            for label in ("speech", "text", "cascade", "cascade_whisper")
             if label in answer
         )
         ratio = answer["speech_over_text"]

@@ -84,3 +84,25 @@ def save_whisper_large_v3_config(path: Path) -> Path:
         decoder_start_token_id=50258,
     ).save_pretrained(path)
     return path
+
+
+def save_whisper_tiny_en_config(path: Path) -> Path:
+    """openai/whisper-tiny.en (the real track's encoder, converted into downloads/)."""
+    WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=384,
+        encoder_layers=4,
+        encoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_layers=4,
+        decoder_attention_heads=6,
+        decoder_ffn_dim=1536,
+        max_source_positions=1500,
+        max_target_positions=448,
+        pad_token_id=50256,
+        bos_token_id=50257,
+        eos_token_id=50256,
+        decoder_start_token_id=50257,
+    ).save_pretrained(path)
+    return path

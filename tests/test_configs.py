@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from real_shapes import REAL_SCALE_CONFIGS
+from real_shapes import REAL_SCALE_CONFIGS, save_whisper_tiny_en_config
 
 from espnet_alignchat.bin import alignchat_inference, alignchat_train
 
@@ -28,14 +28,22 @@ def fake_feature_stats(path: Path, dim: int) -> Path:
 
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.name)
-def test_training_config_builds_a_model(config, tiny_llm, tmp_path):
+def test_training_config_builds_a_model(config, tiny_llm, tmp_path, monkeypatch):
     conf = yaml.safe_load(config.read_text())
     n_mels = conf.get("frontend_conf", {}).get("n_mels", 80)  # no frontend: unused
     stats = fake_feature_stats(tmp_path / "stats.npz", n_mels)
+    options = []
+    encoder_path = conf.get("encoder_conf", {}).get("name_or_path") or ""
+    if encoder_path.startswith("downloads/"):
+        # The real track's encoder, converted by the recipe: its shape, random weights.
+        save_whisper_tiny_en_config(tmp_path / encoder_path)
+        monkeypatch.chdir(tmp_path)
+        options = ["--encoder_conf", "load_pretrained=false"]
     alignchat_train.main(
         ["--config", str(config), "--llm", str(tiny_llm), "--dry_run", "true"]
         + ["--iterator_type", "none", "--output_dir", str(tmp_path / "exp")]
         + ["--normalize_conf", f"stats_file={stats}"]
+        + options
     )
     written = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
     assert written["model_conf"]["mode"] == conf["model_conf"]["mode"]
@@ -60,5 +68,9 @@ def test_decoding_config_parses(config):
 
 
 def test_default_configs_are_links_into_tuning():
-    for name in ("train_pretrain.yaml", "train_instruct.yaml", "decode.yaml"):
+    for name in ("train_pretrain.yaml", "train_instruct.yaml", "decode.yaml") + (
+        "train_pretrain_real.yaml",
+        "train_instruct_real.yaml",
+        "decode_real.yaml",
+    ):
         assert (CONF / name).resolve().parent == (CONF / "tuning").resolve()

@@ -79,6 +79,7 @@ def run_recipe(recipe: Path, *options: str) -> str:
     configs = write_configs(recipe.parent)
     command = [
         "./run.sh",
+        "--world", "mini",
         "--nj", "2",
         "--inference_nj", "2",
         "--local_data_opts", "--max_utts 24",

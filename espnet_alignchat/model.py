@@ -46,6 +46,12 @@ class AlignChatModel(AbsESPnetModel):
         logit_temperature: τ of the token logits.
         normalize_logits: score tokens by cosine (``True``) instead of dot product.
         label_smoothing: of the token cross-entropy.
+        ce_negatives: 0: the token cross-entropy is over the whole vocabulary; N > 0: in
+            training, over the batch's own target tokens and N other rows drawn at random
+            each step (a sampled softmax: the logits against a 49k-152k-row matrix are most
+            of a stage-1 step's cost). Validation and decoding always use the whole
+            vocabulary, so ``valid.acc`` stays exact; the training ``acc`` is then over
+            the sampled rows.
         align_weight: weight of the stage-1 losses above in ``instruct`` mode.
         response_weight: cross-entropy of the LLM's answer given the speech (``instruct``).
         kl_weight: KL from the LLM's text-conditioned to its speech-conditioned distribution
@@ -73,6 +79,7 @@ class AlignChatModel(AbsESPnetModel):
         logit_temperature: float = 0.1,
         normalize_logits: bool = True,
         label_smoothing: float = 0.0,
+        ce_negatives: int = 0,
         align_weight: float = 1.0,
         response_weight: float = 1.0,
         kl_weight: float = 0.0,
@@ -98,6 +105,7 @@ class AlignChatModel(AbsESPnetModel):
         self.logit_temperature = logit_temperature
         self.normalize_logits = normalize_logits
         self.label_smoothing = label_smoothing
+        self.ce_negatives = ce_negatives
         self.align_weight = align_weight
         self.response_weight = response_weight
         self.kl_weight = kl_weight
@@ -122,10 +130,16 @@ class AlignChatModel(AbsESPnetModel):
         return self.llm.prompt_layout(self.system_prompt, self.user_template)
 
     def token_logits(
-        self, z: torch.Tensor, extra_rows: Optional[torch.Tensor] = None
+        self,
+        z: torch.Tensor,
+        extra_rows: Optional[torch.Tensor] = None,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Logits over the LLM vocabulary (plus `extra_rows`, e.g. a CTC blank) for vectors z."""
+        """Logits over the LLM vocabulary (plus `extra_rows`, e.g. a CTC blank) for vectors z;
+        over the token ids `rows` only, if given."""
         table = self.llm.embeddings_as(z.dtype)
+        if rows is not None:
+            table = table[rows]
         if extra_rows is not None:
             table = torch.cat([table, extra_rows.to(table.dtype)])
         if self.normalize_logits:
@@ -183,11 +197,11 @@ class AlignChatModel(AbsESPnetModel):
         self._check_token_ids("text", text)
         memory, memory_lengths = self.encode(speech, speech_lengths)
         valid = text != IGNORE_ID
-        previous = self.llm.embed(text.clamp(min=0)) * valid[..., None]
-        z = self.decoder(memory, memory_lengths, previous)  # (batch, N + 1, D)
+        previous = self.decoder_inputs(text.clamp(min=0)) * valid[..., None]
+        z, hidden = self.decoder(memory, memory_lengths, previous)  # (batch, N + 1, ·)
 
         loss, stats = self._alignment_losses(
-            z, text, text_lengths, memory, memory_lengths
+            z, hidden, text, text_lengths, memory, memory_lengths
         )
         if self.mode == "instruct":
             if response is None:
@@ -216,15 +230,45 @@ class AlignChatModel(AbsESPnetModel):
         targets[torch.arange(len(text)), text_lengths] = self.end_token_id
         return targets
 
-    def _alignment_losses(self, z, text, text_lengths, memory, memory_lengths):
+    def _candidate_rows(self, targets: torch.Tensor) -> torch.Tensor:
+        """The targets' rows and `ce_negatives` others drawn at random, sorted and unique."""
+        drawn = torch.randint(
+            self.llm.vocab_size, (self.ce_negatives,), device=targets.device
+        )
+        return torch.unique(torch.cat([targets, drawn]))
+
+    def decoder_inputs(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads for tokens: its own vocabulary's vectors, or ``E[ids]``."""
+        vectors = self.decoder.embed_tokens(token_ids)
+        return self.llm.embed(token_ids) if vectors is None else vectors
+
+    def scores(
+        self,
+        z: torch.Tensor,
+        hidden: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token logits of decoder outputs: the decoder's own vocabulary scores its hidden
+        states; otherwise ``z`` is scored against the LLM's embeddings (`token_logits`).
+        """
+        if self.decoder.vocabulary == "llm":
+            return self.token_logits(z, rows=rows)
+        return self.decoder.token_scores(hidden, rows)
+
+    def _alignment_losses(self, z, hidden, text, text_lengths, memory, memory_lengths):
         targets = self._targets(text, text_lengths)
         valid = targets != IGNORE_ID
         z_valid, y_valid = z[valid], targets[valid]
-        logits = self.token_logits(z_valid)
+        if self.ce_negatives > 0 and self.training:
+            rows = self._candidate_rows(y_valid)
+            logits = self.scores(z_valid, hidden[valid], rows)
+            classes = torch.searchsorted(rows, y_valid)  # the targets among the rows
+        else:
+            logits, classes = self.scores(z_valid, hidden[valid]), y_valid
         target_vectors = self.llm.embed(y_valid).to(z_valid.dtype)
         losses = {
             "ce": F.cross_entropy(
-                logits.float(), y_valid, label_smoothing=self.label_smoothing
+                logits.float(), classes, label_smoothing=self.label_smoothing
             ),
             "cos": 1 - F.cosine_similarity(z_valid, target_vectors, dim=-1).mean(),
             "nmse": (
@@ -236,7 +280,7 @@ class AlignChatModel(AbsESPnetModel):
             losses["ctc"] = self._ctc_loss(memory, memory_lengths, text, text_lengths)
         loss = sum(self.weights[name] * value for name, value in losses.items())
         stats = {f"loss_{name}": value.detach() for name, value in losses.items()}
-        stats["acc"] = (logits.argmax(-1) == y_valid).float().mean().detach()
+        stats["acc"] = (logits.argmax(-1) == classes).float().mean().detach()
         # What the LLM reads in continuous mode should have the scale of its embeddings.
         stats["norm_ratio"] = z_valid.detach().norm(
             dim=-1
@@ -244,17 +288,26 @@ class AlignChatModel(AbsESPnetModel):
         return loss, stats
 
     def _ctc_loss(self, memory, memory_lengths, text, text_lengths):
-        """CTC whose classes are the LLM's tokens (scored like z) and one learned blank."""
-        logits = self.token_logits(self.ctc_proj(memory), self.ctc_blank[None])
-        log_probs = (
-            logits.float().log_softmax(-1).transpose(0, 1)
-        )  # (frames, batch, V + 1)
+        """CTC whose classes are the LLM's tokens (scored like z) and one learned blank.
+
+        With a sampled softmax (``ce_negatives``) in training, the classes are the batch's
+        own tokens and the blank: every frame scores a few hundred rows instead of the
+        whole vocabulary, which is what lets CTC teach a new decoder to align on a CPU.
+        """
+        tokens = text.clamp(min=0)
+        if self.ce_negatives > 0 and self.training:
+            rows = torch.unique(tokens[text != IGNORE_ID])
+            tokens = torch.searchsorted(rows, tokens)  # padding is cut by the lengths
+        else:
+            rows = None
+        logits = self.token_logits(self.ctc_proj(memory), self.ctc_blank[None], rows)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (frames, batch, C)
         return F.ctc_loss(
             log_probs,
-            text.clamp(min=0),
+            tokens,
             memory_lengths,
             text_lengths,
-            blank=self.llm.vocab_size,
+            blank=logits.shape[-1] - 1,  # the last class
             zero_infinity=True,
         )
 
@@ -342,8 +395,8 @@ class AlignChatModel(AbsESPnetModel):
             decoder=self.decoder,
             memory=memory,
             memory_lengths=memory_lengths,
-            logits_fn=self.token_logits,
-            embed_fn=self.llm.embed,
+            logits_fn=self.scores,
+            embed_fn=self.decoder_inputs,
             end_id=self.end_token_id,
             limits=length_limits(memory_lengths, maxlenratio, max_tokens),
         )

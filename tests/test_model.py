@@ -61,6 +61,36 @@ def test_stage1_reads_the_embeddings_and_nothing_else(tiny_llm, batch, monkeypat
     assert not model.llm.is_loaded
 
 
+def test_sampled_softmax_is_the_full_one_when_the_draw_covers_the_vocabulary(
+    tiny_llm, batch
+):
+    stage1 = {k: v for k, v in batch.items() if "response" not in k}
+    full = build(tiny_llm, mode="pretrain")
+    sampled = build(tiny_llm, mode="pretrain", ce_negatives=50 * full.llm.vocab_size)
+    torch.manual_seed(1)  # the same dropout masks: they are drawn before the rows
+    _, full_stats, _ = full(**stage1)
+    torch.manual_seed(1)
+    _, sampled_stats, _ = sampled(**stage1)  # same seed: the same weights
+    assert torch.allclose(sampled_stats["loss_ce"], full_stats["loss_ce"])
+
+
+def test_sampled_softmax_scores_fewer_rows_in_training_only(tiny_llm, batch):
+    stage1 = {k: v for k, v in batch.items() if "response" not in k}
+    model = build(tiny_llm, mode="pretrain", ce_negatives=2, ctc_weight=0.3).eval()
+    # Validation scores the whole vocabulary: the same losses as without sampling.
+    _, stats, _ = model(**stage1)
+    _, reference, _ = build(tiny_llm, mode="pretrain", ctc_weight=0.3).eval()(**stage1)
+    assert torch.allclose(stats["loss_ce"], reference["loss_ce"])
+    assert torch.allclose(stats["loss_ctc"], reference["loss_ctc"])
+    model.train()  # CTC over the batch's own tokens and the blank
+    _, stats, _ = model(**stage1)
+    assert torch.isfinite(stats["loss_ctc"]) and stats["loss_ctc"] > 0
+    targets = model._targets(stage1["text"], stage1["text_lengths"])
+    rows = model._candidate_rows(targets[targets != -1])
+    assert set(targets[targets != -1].tolist()) <= set(rows.tolist())
+    assert len(rows) < model.llm.vocab_size and torch.equal(rows, rows.sort().values)
+
+
 def test_collect_stats_reads_no_llm_weights(tiny_llm, batch, monkeypatch):
     refuse_llm_loading(monkeypatch)
     monkeypatch.setattr(

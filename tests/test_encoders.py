@@ -1,6 +1,7 @@
 """Waveform encoders (Whisper, WavLM/HuBERT through transformers), tiny and local; and
 initialising our encoder from an ESPnet ASR checkpoint with ESPnet's --init_param."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,17 @@ def test_whisper_padded_to_30s_is_transformers_whisper(models):
     [
         ("whisper", {}),
         ("whisper", dict(pad_to_30s=True, downsample_rate=2)),
+        ("whisper", dict(downsample_rate=2, downsample_type="average")),
         ("wavlm", dict(downsample_rate=4, downsample_type="conv")),
         ("hubert", dict(output_size=24)),
     ],
-    ids=["whisper", "whisper-30s-stack2", "wavlm-conv4", "hubert-proj"],
+    ids=[
+        "whisper",
+        "whisper-30s-stack2",
+        "whisper-average2",
+        "wavlm-conv4",
+        "hubert-proj",
+    ],
 )
 def test_padded_batch_gives_each_utterance_its_own_output(models, kind, options):
     encoder = build(kind, models[kind], **options).eval()
@@ -245,6 +253,16 @@ def test_architecture_from_config_with_random_weights(models):
             ),
             "a power of 2 for conv",
         ),
+        (
+            lambda m: build(
+                "whisper",
+                m["whisper"],
+                downsample_rate=2,
+                downsample_type="average",
+                output_size=16,
+            ),
+            "average keeps the frames' size",
+        ),
         (lambda m: HFWhisperEncoder(), "load_pretrained needs a name_or_path"),
         (lambda m: HFSSLEncoder(load_pretrained=False), "needs a model_type"),
         (
@@ -252,12 +270,32 @@ def test_architecture_from_config_with_random_weights(models):
             "hf_ssl needs a model that reads the waveform",
         ),
     ],
-    ids=["freeze", "frozen_layers", "conv-rate", "no-name", "no-model-type", "not-ssl"],
+    ids=[
+        "freeze",
+        "frozen_layers",
+        "conv-rate",
+        "average-size",
+        "no-name",
+        "no-model-type",
+        "not-ssl",
+    ],
 )
 def test_bad_options_are_one_line_config_errors(models, make, message):
     with pytest.raises(ConfigError) as error:
         make(models)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_whisper_checkpoint_without_encoder_weights_is_refused(models, tmp_path):
+    """The decoder's weights are skipped quietly, but an encoder is never left random."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(models["whisper"] / "model.safetensors")
+    kept = {k: v for k, v in state.items() if "encoder.conv1" not in k}
+    save_file(kept, tmp_path / "model.safetensors")
+    shutil.copy(models["whisper"] / "config.json", tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="no weights for 2 encoder tensors"):
+        HFWhisperEncoder(name_or_path=str(tmp_path))
 
 
 def test_task_builds_waveform_encoders_without_frontend(models, tiny_llm):

@@ -20,7 +20,7 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from torch import nn
 
 FREEZE_MODES = ("all", "bottom", "none")
-DOWNSAMPLE_TYPES = ("stack", "conv")
+DOWNSAMPLE_TYPES = ("stack", "conv", "average")
 
 
 class ConfigError(ValueError):
@@ -48,7 +48,9 @@ class DownsampleAdapter(nn.Module):
 
     ``stack`` concatenates `rate` consecutive frames and maps them with Linear-GELU-Linear (the
     projector of LLaMA-Omni and SLAM-LLM); ``conv`` applies log2(`rate`) convolutions (kernel 3,
-    stride 2) with GELU, so neighbouring output frames see overlapping windows (as BLSP's).
+    stride 2) with GELU, so neighbouring output frames see overlapping windows (as BLSP's);
+    ``average`` averages `rate` consecutive frames and learns nothing, so the frames stay in
+    the encoder's own space (what a decoder initialised from Whisper's expects).
     """
 
     def __init__(
@@ -67,7 +69,14 @@ class DownsampleAdapter(nn.Module):
         self.kind = kind
         self.output_size = output_size or input_size
         size = self.output_size
-        if kind == "stack":
+        if kind == "average":
+            if self.output_size != input_size:
+                raise ConfigError(
+                    f"downsample_type average keeps the frames' size ({input_size}): "
+                    f"output_size {output_size}"
+                )
+            self.convs, self.proj = nn.ModuleList(), nn.Identity()
+        elif kind == "stack":
             self.convs = nn.ModuleList()
             self.proj = nn.Sequential(
                 nn.Linear(rate * input_size, size), nn.GELU(), nn.Linear(size, size)
@@ -80,7 +89,7 @@ class DownsampleAdapter(nn.Module):
             self.proj = nn.Linear(input_size if rate == 1 else size, size)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        if self.kind == "stack":
+        if self.kind in ("stack", "average"):
             return (lengths + self.rate - 1) // self.rate
         for _ in self.convs:
             lengths = (lengths - 1) // 2 + 1
@@ -90,6 +99,16 @@ class DownsampleAdapter(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """`x` (batch, frames, input_size), zero past `lengths` → (batch, frames', output_size)."""
+        if self.kind == "average":
+            batch, frames, size = x.shape
+            x = nn.functional.pad(x, (0, 0, 0, -frames % self.rate))
+            summed = x.reshape(batch, -1, self.rate, size).sum(dim=2)
+            # The last group of an utterance may hold fewer real frames than `rate`.
+            counts = (
+                lengths[:, None]
+                - self.rate * torch.arange(summed.shape[1], device=x.device)
+            ).clamp(1, self.rate)
+            return summed / counts[..., None], self.output_lengths(lengths)
         if self.kind == "stack":
             batch, frames, size = x.shape
             x = nn.functional.pad(x, (0, 0, 0, -frames % self.rate))

@@ -13,6 +13,7 @@ import torch
 from espnet2.asr.specaug.specaug import SpecAug
 from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.utils import logging as hf_logging
 from transformers.models.whisper import modeling_whisper
 
 from espnet_alignchat.encoders.base import (
@@ -40,13 +41,28 @@ def load_whisper_encoder(
     else:
         config = WhisperConfig.from_pretrained(name_or_path, **overrides)
     if load_pretrained:
-        return modeling_whisper.WhisperEncoder.from_pretrained(
-            name_or_path,
-            config=config,
-            dtype=torch.float32,
-            attn_implementation="sdpa",
-            key_mapping=_ENCODER_KEYS,
-        )
+        # A whole Whisper model's decoder weights are left out on purpose: keep transformers
+        # from listing each of them as unexpected, but refuse an encoder left random.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            encoder, loading = modeling_whisper.WhisperEncoder.from_pretrained(
+                name_or_path,
+                config=config,
+                dtype=torch.float32,
+                attn_implementation="sdpa",
+                key_mapping=_ENCODER_KEYS,
+                output_loading_info=True,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if loading["missing_keys"]:
+            missing = sorted(loading["missing_keys"])
+            raise ConfigError(
+                f"whisper: {name_or_path} has no weights for {len(missing)} encoder "
+                f"tensors (e.g. {missing[0]}): is it a Whisper checkpoint?"
+            )
+        return encoder
     config._attn_implementation = "sdpa"
     return modeling_whisper.WhisperEncoder(config)
 

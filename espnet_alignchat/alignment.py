@@ -64,9 +64,9 @@ def inspect_alignment(
         torch.tensor([len(waveform)], device=device),
     )
     targets = torch.tensor(tokens + [model.end_token_id], device=device)
-    previous = llm.embed(targets[None, :-1])
-    z = model.decoder(memory, memory_lengths, previous)[0]  # (steps, D)
-    scores = model.token_logits(z).float()
+    previous = model.decoder_inputs(targets[None, :-1])
+    z, hidden = (out[0] for out in model.decoder(memory, memory_lengths, previous))
+    scores = model.scores(z, hidden).float()  # (steps, vocab)
     embeddings = llm.embeddings_as(z.dtype)
     predicted = scores.argmax(-1)
     cosines = F.cosine_similarity(z, embeddings[predicted], dim=-1).tolist()

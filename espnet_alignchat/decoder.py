@@ -11,7 +11,7 @@ encoder memory, so a step costs one query against the cache (N tokens = N steps,
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
@@ -57,7 +57,8 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, cache: Optional[LayerCache] = None
     ) -> torch.Tensor:
-        """Whole sequences (training, causal mask) or one new step per row (`cache` given).
+        """Whole sequences (training, causal mask) or new steps per row (`cache` given):
+        one token, or at the first step the start vectors (causal among themselves).
 
         Right padding needs no mask here: a causal query never looks at later positions.
         """
@@ -70,7 +71,7 @@ class CausalSelfAttention(nn.Module):
             query,
             key,
             value,
-            is_causal=cache is None,
+            is_causal=query.shape[2] > 1,  # a whole sequence, or the start vectors
             dropout_p=self.dropout_rate if self.training else 0.0,
         )
         return self.out(out.transpose(1, 2).flatten(2))
@@ -162,6 +163,9 @@ def sinusoidal_positions(
     return encoding.to(dtype)
 
 
+VOCABULARIES = ("llm", "whisper")
+
+
 class SpeechTokenDecoder(nn.Module):
     """Autoregressive decoder from encoder frames to one LLM-space vector per LLM token.
 
@@ -171,6 +175,21 @@ class SpeechTokenDecoder(nn.Module):
         attention_dim, attention_heads, linear_units, num_blocks: Transformer shape.
         dropout_rate: dropout on the residual branches and inputs.
         attention_dropout_rate: dropout on attention weights.
+        vocabulary: how tokens enter the decoder and are scored. ``llm``: the previous
+            token's LLM embedding ``E[y]`` through a projection, sinusoidal positions, and
+            tokens scored by ``z`` against ``E`` (in the model). ``whisper``: Whisper's own
+            token embeddings, a fixed ``(vocab_size, attention_dim)`` table that gives each
+            LLM token the mean of Whisper's embeddings of its text
+            (`espnet_alignchat.whisper_decoder`), Whisper's learned positions and its
+            two-token start, and tokens scored against that table as Whisper scores its
+            own: a decoder initialised from Whisper then starts out transcribing.
+        vocab_size: rows of the LLM's embedding matrix (the ``whisper`` table's rows).
+        max_positions: the ``whisper`` vocabulary's learned positions (Whisper's 448).
+
+    Whatever the vocabulary, ``z = Linear(h)`` is the vector the LLM reads for each token.
+    ``decoder_conf.init_from_whisper`` (read by the task: it needs the LLM's tokenizer)
+    starts a decoder of Whisper's shape from Whisper's text decoder
+    (`espnet_alignchat.whisper_decoder`).
     """
 
     def __init__(
@@ -183,19 +202,36 @@ class SpeechTokenDecoder(nn.Module):
         num_blocks: int = 2,
         dropout_rate: float = 0.1,
         attention_dropout_rate: float = 0.0,
+        vocabulary: str = "llm",
+        vocab_size: Optional[int] = None,
+        max_positions: int = 448,
     ):
         super().__init__()
+        if vocabulary not in VOCABULARIES:
+            raise ValueError(
+                f"decoder_conf.vocabulary must be one of {VOCABULARIES}: {vocabulary}"
+            )
         self.attention_dim = attention_dim
-        # LLM embedding rows are small (norm ~0.5 for Llama-3 and the mini LLM) next to the
-        # positional encodings (norm ~sqrt(d/2)): normalizing the projected rows keeps the
-        # token's identity from being drowned out by its position.
-        self.input_proj = nn.Sequential(
-            nn.Linear(llm_hidden_size, attention_dim), nn.LayerNorm(attention_dim)
-        )
-        # The first step has no previous token: it starts from a learned vector (at the scale
-        # of the normalized rows) instead of any LLM token, so no special token of the LLM is
-        # given a new meaning.
-        self.start = nn.Parameter(torch.randn(attention_dim))
+        self.vocabulary = vocabulary
+        if vocabulary == "llm":
+            # LLM embedding rows are small (norm ~0.5 for Llama-3 and the mini LLM) next to
+            # the positional encodings (norm ~sqrt(d/2)): normalizing the projected rows
+            # keeps the token's identity from being drowned out by its position.
+            self.input_proj = nn.Sequential(
+                nn.Linear(llm_hidden_size, attention_dim), nn.LayerNorm(attention_dim)
+            )
+            # The first step has no previous token: it starts from a learned vector (at
+            # the scale of the normalized rows) instead of any LLM token, so no special
+            # token of the LLM is given a new meaning.
+            self.start = nn.Parameter(torch.randn(attention_dim))
+        else:
+            if vocab_size is None:
+                raise ValueError("decoder_conf.vocabulary whisper needs the vocab_size")
+            # Fixed: derived from Whisper and the LLM's tokenizer, never trained, but saved
+            # with the model so that inference needs neither of them.
+            self.register_buffer("token_table", torch.zeros(vocab_size, attention_dim))
+            self.positions = nn.Parameter(torch.zeros(max_positions, attention_dim))
+            self.start = nn.Parameter(torch.zeros(2, attention_dim))
         self.memory_proj = (
             nn.Linear(encoder_output_size, attention_dim)
             if encoder_output_size != attention_dim
@@ -215,17 +251,53 @@ class SpeechTokenDecoder(nn.Module):
         self.norm = nn.LayerNorm(attention_dim)
         self.output_proj = nn.Linear(attention_dim, llm_hidden_size)
 
+    @property
+    def prefix_length(self) -> int:
+        """Positions before the first token's prediction (the start vectors)."""
+        return self.start.view(-1, self.attention_dim).shape[0]
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> Optional[torch.Tensor]:
+        """The ``whisper`` vocabulary's input vectors of `token_ids`; None for ``llm``, whose
+        input is the LLM's own embeddings (the model gives them)."""
+        if self.vocabulary == "llm":
+            return None
+        return nn.functional.embedding(token_ids, self.token_table)
+
+    def token_scores(
+        self, hidden: torch.Tensor, rows: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The ``whisper`` vocabulary's token logits of the final hidden states `hidden`, over
+        the token ids `rows` only, if given (as Whisper scores its tokens: a dot product).
+        """
+        table = self.token_table if rows is None else self.token_table[rows]
+        return hidden @ table.to(hidden.dtype).T
+
     def _inputs(self, previous: Optional[torch.Tensor], offset: int, batch: int):
-        """Project LLM embeddings of previous tokens and prepend the start vector at step 0."""
+        """The previous tokens' input vectors, the start vectors first at step 0, plus
+        their positions."""
         dtype = self.start.dtype
         parts = []
         if offset == 0:
-            parts.append(self.start.expand(batch, 1, -1))
+            parts.append(
+                self.start.view(1, -1, self.attention_dim).expand(batch, -1, -1)
+            )
         if previous is not None:
-            parts.append(self.input_proj(previous.to(dtype)))
+            previous = previous.to(dtype)
+            parts.append(
+                self.input_proj(previous) if self.vocabulary == "llm" else previous
+            )
         x = torch.cat(parts, dim=1)
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        x = x + sinusoidal_positions(positions, self.attention_dim, x.dtype)
+        end = offset + x.shape[1]
+        if self.vocabulary == "llm":
+            positions = torch.arange(offset, end, device=x.device)
+            x = x + sinusoidal_positions(positions, self.attention_dim, x.dtype)
+        else:
+            if end > self.positions.shape[0]:
+                raise ValueError(
+                    f"the decoder has {self.positions.shape[0]} positions, "
+                    f"{end - self.prefix_length} tokens do not fit"
+                )
+            x = x + self.positions[offset:end].to(x.dtype)
         return self.input_dropout(x)
 
     @staticmethod
@@ -239,8 +311,9 @@ class SpeechTokenDecoder(nn.Module):
         memory: torch.Tensor,
         memory_lengths: torch.Tensor,
         previous: torch.Tensor,
-    ) -> torch.Tensor:
-        """Teacher forcing: `previous` = E[y_1..y_N] (batch, N, D) → z_1..z_{N+1}.
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: `previous` = the input vectors of y_1..y_N (batch, N, ·) →
+        (z_1..z_{N+1}, their final hidden states h_1..h_{N+1}).
 
         The output has one vector more than the input: z_{N+1} is trained to be the end token.
         """
@@ -249,7 +322,8 @@ class SpeechTokenDecoder(nn.Module):
         x = self._inputs(previous, offset=0, batch=memory.shape[0])
         for block in self.blocks:
             x = block(x, memory, memory_mask)
-        return self.output_proj(self.norm(x))
+        hidden = self.norm(x)[:, self.prefix_length - 1 :]
+        return self.output_proj(hidden), hidden
 
     # -- incremental decoding ----------------------------------------------------------------
     def init_state(self, memory: torch.Tensor, memory_lengths: torch.Tensor):
@@ -269,8 +343,10 @@ class SpeechTokenDecoder(nn.Module):
         previous: Optional[torch.Tensor],
         caches: List[LayerCache],
         memory_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """One step for every row: `previous` = E[last token] (batch, D), None at step 0."""
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step for every row: `previous` = the last token's input vector (batch, ·),
+        None at step 0 (which runs the start vectors); returns (z, h) of the next token.
+        """
         offset = caches[0].self_key.shape[2]
         batch = memory_mask.shape[0]
         x = self._inputs(
@@ -278,4 +354,5 @@ class SpeechTokenDecoder(nn.Module):
         )
         for block, cache in zip(self.blocks, caches):
             x = block(x, None, memory_mask, cache)
-        return self.output_proj(self.norm(x))[:, 0]
+        hidden = self.norm(x)[:, -1]
+        return self.output_proj(hidden), hidden

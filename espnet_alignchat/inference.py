@@ -68,6 +68,8 @@ def load_model(
     if "load_pretrained" in config["encoder_conf"]:
         # A pretrained encoder's weights are in the checkpoint: build its architecture only.
         config["encoder_conf"]["load_pretrained"] = False
+    # So are the decoder's: whatever initialised them is not needed.
+    config.get("decoder_conf", {}).pop("init_from_whisper", None)
     model = AlignChatTask.build_model(argparse.Namespace(**config))
     path = find_model_file(model_dir, model_file)
     logging.info(f"Loading {path}")

@@ -1,7 +1,8 @@
 """Decoding LLM tokens from speech: batched greedy and beam search over the cached decoder.
 
-Both searches run a whole batch of utterances at once, feed back the LLM embedding of the chosen
-token (as in training) and stop each utterance at the end token or at its length limit.
+Both searches run a whole batch of utterances at once, feed back the decoder's input vector of
+the chosen token (as in training) and stop each utterance at the end token or at its length
+limit.
 Each hypothesis keeps the decoder's vector ``z`` for every token: those vectors, not the token
 ids, are what the LLM reads in ``continuous`` mode.
 """
@@ -13,8 +14,11 @@ import torch
 
 from espnet_alignchat.decoder import SpeechTokenDecoder
 
-Logits = Callable[[torch.Tensor], torch.Tensor]  # z (..., D) -> token logits (..., V)
-Embed = Callable[[torch.Tensor], torch.Tensor]  # token ids (...) -> E[ids] (..., D)
+# (z, h) of the decoder (..., D), (..., d) -> token logits (..., V)
+Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Embed = Callable[
+    [torch.Tensor], torch.Tensor
+]  # token ids (...) -> decoder inputs (..., ·)
 
 
 @dataclass
@@ -50,8 +54,8 @@ def greedy_search(
     tokens, vectors, scores = [], [], []
     previous: Optional[torch.Tensor] = None
     for step in range(int(limits.max())):
-        z = decoder.step(previous, caches, memory_mask)
-        log_probs = logits_fn(z).float().log_softmax(dim=-1)
+        z, hidden = decoder.step(previous, caches, memory_mask)
+        log_probs = logits_fn(z, hidden).float().log_softmax(dim=-1)
         score, token = log_probs.max(dim=-1)
         tokens.append(token)
         vectors.append(z)
@@ -123,8 +127,8 @@ def beam_search(
         )
 
     for step in range(max(limits)):
-        z = decoder.step(previous, caches, memory_mask)
-        log_probs = logits_fn(z).float().log_softmax(dim=-1)
+        z, hidden = decoder.step(previous, caches, memory_mask)
+        log_probs = logits_fn(z, hidden).float().log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(batch, beams * vocab)
         # 2 × beams candidates leave `beams` that do not end, even if the best ones all end.

@@ -48,6 +48,7 @@ from espnet_alignchat.llm import (
 )
 from espnet_alignchat.model import IGNORE_ID, AlignChatModel
 from espnet_alignchat.preprocessor import AlignChatPreprocessor
+from espnet_alignchat.whisper_decoder import init_from_whisper
 
 frontend_choices = ClassChoices(
     name="frontend",
@@ -149,7 +150,8 @@ class AlignChatTask(AbsTask):
             "--decoder_conf",
             action=NestedDictAction,
             default=get_default_kwargs(SpeechTokenDecoder),
-            help="Keyword arguments of the speech-token decoder",
+            help="Keyword arguments of the speech-token decoder (vocab_size is the "
+            "LLM's), and init_from_whisper: a Whisper model whose text decoder starts it",
         )
         group.add_argument(
             "--model_conf",
@@ -244,12 +246,18 @@ class AlignChatTask(AbsTask):
             else None
         )
         encoder = encoder_class(input_size=input_size, **args.encoder_conf)
-        decoder = SpeechTokenDecoder(
-            llm.hidden_size, encoder.output_size(), **args.decoder_conf
-        )
         if read_llm and args.model_conf.get("end_token_id") is None:
             # Written into config.yaml, so inference uses the id the model was trained with.
             args.model_conf["end_token_id"] = llm.tokenizer.eos_token_id
+        decoder_conf = dict(args.decoder_conf, vocab_size=llm.vocab_size)
+        whisper = decoder_conf.pop("init_from_whisper", None)
+        decoder = SpeechTokenDecoder(
+            llm.hidden_size, encoder.output_size(), **decoder_conf
+        )
+        if whisper is not None and read_llm and not args.collect_stats:
+            init_from_whisper(
+                decoder, whisper, llm.tokenizer, args.model_conf["end_token_id"]
+            )
         return AlignChatModel(
             llm=llm,
             fingerprint=FingerprintBuffer(fingerprint),

@@ -35,11 +35,13 @@ def test_incremental_steps_equal_teacher_forcing(decoder_and_table):
     memory, lengths = memory_batch([9, 5, 7])
     tokens = torch.randint(1, VOCAB, (3, 6))
     with torch.no_grad():
-        forced = decoder(memory, lengths, table[tokens])  # (3, 7, D)
+        forced, forced_hidden = decoder(memory, lengths, table[tokens])  # (3, 7, ·)
         caches, mask = decoder.init_state(memory, lengths)
         steps = [decoder.step(None, caches, mask)]
         steps += [decoder.step(table[tokens[:, i]], caches, mask) for i in range(6)]
-    torch.testing.assert_close(torch.stack(steps, 1), forced, atol=1e-5, rtol=1e-5)
+    z, hidden = (torch.stack(part, 1) for part in zip(*steps))
+    torch.testing.assert_close(z, forced, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, forced_hidden, atol=1e-5, rtol=1e-5)
 
 
 def test_each_step_runs_one_query_against_the_cache(decoder_and_table):
@@ -57,7 +59,7 @@ def test_each_step_runs_one_query_against_the_cache(decoder_and_table):
         decoder,
         memory,
         lengths,
-        lambda z: z @ table.T,
+        lambda z, hidden: z @ table.T,
         lambda ids: table[ids],
         end_id=-1,  # never ends: runs to the limit
         limits=torch.tensor([10]),
@@ -83,8 +85,10 @@ class ScriptedDecoder:
 
     def step(self, previous, caches, memory_mask):
         if previous is None:
-            return self.table[-1].expand(len(memory_mask), -1)
-        return self.table[previous.argmax(-1)]
+            scores = self.table[-1].expand(len(memory_mask), -1)
+        else:
+            scores = self.table[previous.argmax(-1)]
+        return scores, scores  # (z, hidden)
 
 
 def scripted(transitions):
@@ -102,7 +106,7 @@ def run(search, decoder, limits, **kwargs):
         decoder,
         torch.zeros(len(limits), 1, 1),
         torch.ones(len(limits), dtype=torch.long),
-        lambda z: z,  # the scripted "vectors" are already log-probabilities
+        lambda z, hidden: z,  # the scripted "vectors" are already log-probabilities
         lambda ids: torch.nn.functional.one_hot(ids, 3).float(),
         END,
         torch.tensor(limits),
@@ -141,7 +145,7 @@ def test_beam_search_handles_each_utterance_of_a_batch(decoder_and_table):
     common = dict(
         decoder=decoder,
         memory_lengths=lengths,
-        logits_fn=lambda z: z @ table.T,
+        logits_fn=lambda z, hidden: z @ table.T,
         embed_fn=lambda ids: table[ids],
         end_id=END,
         limits=length_limits(lengths, maxlenratio=1.0, max_tokens=8),

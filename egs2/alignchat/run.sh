@@ -44,6 +44,7 @@ case "${world}" in
             --instruct_config conf/train_instruct_real.yaml \
             --inference_config conf/decode_real.yaml \
             --generate_args "--max_new_tokens 32" \
+            --instruct_max_utts 1000 \
             "${args[@]}"
         ;;
     mini)

@@ -27,6 +27,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     GenerationConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
@@ -323,6 +324,9 @@ class FrozenLLM:
         self._embeddings: Optional[torch.Tensor] = None
         self._model: Optional[torch.nn.Module] = None
         self._embeddings_by_dtype: Dict[torch.dtype, torch.Tensor] = {}
+        # Keys and values of prompt prefixes every prompt shares (the system prompt), by
+        # prefix; computed once per device and dtype (see `logits_after_prefix`).
+        self._prefix_caches: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, ...]]] = {}
 
     # -- what it is --------------------------------------------------------------------------
     @property
@@ -385,6 +389,7 @@ class FrozenLLM:
             self._model = model
             self._embeddings = None  # the model holds its own copy
             self._embeddings_by_dtype.clear()
+            self._prefix_caches.clear()
         return self._model
 
     def to(self, device: Union[str, torch.device]) -> "FrozenLLM":
@@ -399,6 +404,7 @@ class FrozenLLM:
             if self._embeddings is not None:
                 self._embeddings = self._embeddings.to(device, self.dtype)
             self._embeddings_by_dtype.clear()
+            self._prefix_caches.clear()
         return self
 
     def embeddings_as(self, dtype: torch.dtype) -> torch.Tensor:
@@ -577,22 +583,76 @@ class FrozenLLM:
         return LLMInputs(inputs_embeds, attention_mask, position_ids)
 
     # -- running the LLM ---------------------------------------------------------------------
-    def last_logits(self, inputs: LLMInputs, n_positions: int) -> torch.Tensor:
-        """Logits of the last `n_positions` positions, (batch, n_positions, vocab).
+    def logits_after_prefix(
+        self,
+        prefix: Sequence[int],
+        rests: Sequence[Sequence[PromptPiece]],
+        n_positions: int,
+    ) -> torch.Tensor:
+        """Logits of the last `n_positions` positions of the prompts ``prefix + rest``,
+        (batch, n_positions, vocab), with the shared prefix run once.
 
-        With left padding every response ends at the last position, so the logits that
-        predict the responses are among the last ones; asking only for those keeps a
-        (batch, length, 152k) tensor out of memory.
+        Every training prompt starts with the same tokens (the chat template's system prompt
+        and user header: 24 of SmolLM2's ~75 positions). Their keys and values are computed
+        once without gradients and reused; only the rests run, padded on the right behind
+        the prefix, so the prefix's positions are the same in every row. Each row's logits
+        are its own last positions (zeros where its rest is shorter than `n_positions`);
+        asking only for those keeps a (batch, length, 152k) tensor out of memory.
         """
+        packed = [_pack(rest) for rest in rests]
+        lengths = [len(ids) for ids, _ in packed]
+        batch, length, start = len(rests), max(lengths), len(prefix)
+        token_ids = torch.tensor([ids + [0] * (length - len(ids)) for ids, _ in packed])
+        slots = torch.tensor(
+            [mask + [False] * (length - len(mask)) for _, mask in packed]
+        )
+        vectors = [p for rest in rests for p in rest if isinstance(p, torch.Tensor)]
+        inputs_embeds = splice_vectors(
+            self.embed(token_ids.to(self.device)), slots.to(self.device), vectors
+        )
+        rest_mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+        attention_mask = torch.cat(
+            [torch.ones(batch, start, dtype=torch.long), rest_mask.long()], dim=1
+        ).to(self.device)
+        positions = (start + torch.arange(length, device=self.device)).expand(batch, -1)
+        # The earliest position any row needs, so logits are kept for no more than that.
+        first = min(max(0, n - n_positions) for n in lengths)
         kwargs = dict(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=self._prefix_cache(prefix, batch) if prefix else None,
             use_cache=False,
         )
         if self._supports_logits_to_keep:
-            kwargs["logits_to_keep"] = n_positions
-        return self.model(**kwargs).logits[:, -n_positions:]
+            kwargs["logits_to_keep"] = length - first
+        logits = self.model(**kwargs).logits[:, first - length :]
+        out = logits.new_zeros(batch, n_positions, logits.shape[-1])
+        for row, n in enumerate(lengths):
+            k = min(n_positions, n)
+            out[row, n_positions - k :] = logits[row, n - k - first : n - first]
+        return out
+
+    def _prefix_cache(self, prefix: Sequence[int], batch: int) -> DynamicCache:
+        """A fresh cache holding `prefix`'s keys and values for `batch` rows (the model
+        appends to the cache it is given)."""
+        key = tuple(prefix)
+        if key not in self._prefix_caches:
+            with torch.no_grad():
+                output = self.model(
+                    input_ids=torch.tensor([list(prefix)], device=self.device),
+                    use_cache=True,
+                )
+            self._prefix_caches[key] = [
+                (layer.keys, layer.values) for layer in output.past_key_values.layers
+            ]
+        return DynamicCache(
+            ddp_cache_data=[
+                (keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
+                for keys, values in self._prefix_caches[key]
+            ],
+            config=self.model.config,
+        )
 
     @cached_property
     def _supports_logits_to_keep(self) -> bool:

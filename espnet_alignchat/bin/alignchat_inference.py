@@ -70,7 +70,8 @@ def get_parser() -> config_argparse.ArgumentParser:
         "--output_mode",
         choices=OUTPUT_MODES,
         default="continuous",
-        help="what the LLM reads: the decoder's vectors or E[decoded ids]",
+        help="what the LLM reads: the decoder's vectors, E[decoded ids], or E weighted "
+        "by the decoder's token probabilities",
     )
     add_generation_arguments(parser)
     return parser

@@ -13,8 +13,8 @@ import torch
 from espnet2.asr.specaug.specaug import SpecAug
 from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
-from transformers.utils import logging as hf_logging
 from transformers.models.whisper import modeling_whisper
+from transformers.utils import logging as hf_logging
 
 from espnet_alignchat.encoders.base import (
     ConfigError,

@@ -30,6 +30,7 @@ from espnet_alignchat.search import (
 
 MODES = ("pretrain", "instruct")
 OUTPUT_MODES = ("continuous", "snap", "expected")
+SPEECH_VECTORS = ("head", "expected")
 IGNORE_ID = -1  # padding of token-id sequences (as ESPnet's ASR task); never an LLM id
 
 
@@ -56,6 +57,11 @@ class AlignChatModel(AbsESPnetModel):
         response_weight: cross-entropy of the LLM's answer given the speech (``instruct``).
         kl_weight: KL from the LLM's text-conditioned to its speech-conditioned distribution
             over the answer's positions (``instruct``; costs one extra no-grad LLM forward).
+        speech_vectors: what stage 2 gives the LLM: ``head``, the decoder's own ``z``, or
+            ``expected``, ``softmax(token logits) @ E`` (the embeddings weighted by the
+            decoder's token probabilities: exactly ``E[token]`` where it is sure, so the LLM
+            reads vectors it knows, and the answer's gradient reaches the token logits).
+            Decode such a model with ``output_mode: expected``.
         extract_feats_in_collect_stats: ESPnet's flag; feature statistics need the frontend.
     """
 
@@ -83,11 +89,17 @@ class AlignChatModel(AbsESPnetModel):
         align_weight: float = 1.0,
         response_weight: float = 1.0,
         kl_weight: float = 0.0,
+        speech_vectors: str = "head",
         extract_feats_in_collect_stats: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"model_conf.mode must be one of {MODES}: {mode}")
+        if speech_vectors not in SPEECH_VECTORS:
+            raise ValueError(
+                f"model_conf.speech_vectors must be one of {SPEECH_VECTORS}: "
+                f"{speech_vectors}"
+            )
         self.llm = llm  # a plain object, so not a submodule: see espnet_alignchat.llm
         self.llm_fingerprint = fingerprint
         self.frontend = frontend
@@ -109,6 +121,7 @@ class AlignChatModel(AbsESPnetModel):
         self.align_weight = align_weight
         self.response_weight = response_weight
         self.kl_weight = kl_weight
+        self.speech_vectors = speech_vectors
         self.extract_feats_in_collect_stats = extract_feats_in_collect_stats
         if (
             ctc_weight > 0
@@ -209,6 +222,8 @@ class AlignChatModel(AbsESPnetModel):
                     "model_conf.mode=instruct needs a 'response' data entry per utterance"
                 )
             self._check_token_ids("response", response)
+            if self.speech_vectors == "expected":
+                z = self.expected_vectors(z, hidden)
             answer_loss, answer_stats = self._answer_losses(
                 z, text, text_lengths, response, response_lengths
             )
@@ -254,6 +269,11 @@ class AlignChatModel(AbsESPnetModel):
         if self.decoder.vocabulary == "llm":
             return self.token_logits(z, rows=rows)
         return self.decoder.token_scores(hidden, rows)
+
+    def expected_vectors(self, z: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``softmax(token logits) @ E`` for the decoder outputs (z, hidden), in z's dtype."""
+        probabilities = self.scores(z, hidden).float().softmax(dim=-1)
+        return (probabilities @ self.llm.embeddings_as(torch.float32)).to(z.dtype)
 
     def _alignment_losses(self, z, hidden, text, text_lengths, memory, memory_lengths):
         targets = self._targets(text, text_lengths)
@@ -437,7 +457,6 @@ class AlignChatModel(AbsESPnetModel):
         z, hidden = self.decoder(
             memory, memory_lengths, self.decoder_inputs(ids.to(memory.device))
         )
-        probabilities = self.scores(z, hidden).float().softmax(dim=-1)
-        vectors = probabilities @ self.llm.embeddings_as(torch.float32)
+        vectors = self.expected_vectors(z, hidden)
         for row, hypothesis in enumerate(hypotheses):
-            hypothesis.vectors = vectors[row, : lengths[row]].to(z.dtype)
+            hypothesis.vectors = vectors[row, : lengths[row]]

@@ -144,6 +144,22 @@ def test_stage2_trains_the_tokenizer_through_a_frozen_llm(tiny_llm, batch):
     assert not any(key.startswith("llm.") for key in model.state_dict())
 
 
+def test_stage2_on_expected_vectors_feeds_the_llm_what_decoding_feeds(tiny_llm, batch):
+    model = build(tiny_llm, mode="instruct", speech_vectors="expected").eval()
+    fed = []
+    original = model._answer_losses
+    model._answer_losses = lambda z, *args: fed.append(z) or original(z, *args)
+    loss, _, _ = model(**batch)
+    loss.backward()
+    text = batch["text"]
+    previous = model.decoder_inputs(text.clamp(min=0)) * (text >= 0)[..., None]
+    memory = model.encode(batch["speech"], batch["speech_lengths"])
+    with torch.no_grad():
+        z, hidden = model.decoder(*memory, previous)
+        torch.testing.assert_close(fed[0], model.expected_vectors(z, hidden))
+    assert all(p.grad is not None for p in model.decoder.parameters())
+
+
 def test_stage2_needs_the_responses(tiny_llm, batch):
     model = build(tiny_llm, mode="instruct")
     stage1 = {k: v for k, v in batch.items() if "response" not in k}

@@ -124,7 +124,8 @@ is_done() {
     return 1
 }
 mark_done() { touch "$1/.done"; }
-finish_stage() { log "stage $1 done in $((SECONDS - stage_start)) s"; }
+# "stage N done in T s"; a stage of two parts names the part ($2).
+finish_stage() { log "stage $1${2:+ ($2)} done in $((SECONDS - stage_start)) s"; }
 
 # Split the keys of a Kaldi file into at most N key files <prefix>.JOB.scp; prints the count.
 split_keys() {
@@ -300,7 +301,7 @@ PY
         cp "${cache}/logdir/output.1/encoder.yaml" "${cache}/encoder.yaml"
         mark_done "${cache}"
     done
-    finish_stage 3
+    finish_stage 3 "encoder outputs"
 fi
 
 if run_stage 3 && ! is_done "${stats_dir}"; then
@@ -324,7 +325,7 @@ if run_stage 3 && ! is_done "${stats_dir}"; then
     for ((job = 1; job <= n; job++)); do inputs+=(--input_dir "${logdir}/stats.${job}"); done
     ${python} -m espnet2.bin.aggregate_stats_dirs "${inputs[@]}" --output_dir "${stats_dir}"
     mark_done "${stats_dir}"
-    finish_stage 3
+    finish_stage 3 statistics
 fi
 
 # Keep the lines of Kaldi-style file $2 whose key is in key file $1.

@@ -6,8 +6,8 @@
 #   ./run.sh
 # The embedded mini world: a mini chat LLM and espeak-ng questions built here, in minutes:
 #   ./run.sh --world mini
-# A real LLM and an existing ESPnet corpus (see README.md), e.g. on 8 GPUs:
-#   ./run.sh --world mini --llm meta-llama/Llama-3.1-8B-Instruct --ngpu 8 --gpu_inference true \
+# A real LLM and an existing ESPnet corpus (see README.md): alignchat.sh itself, e.g. on 8 GPUs:
+#   ./alignchat.sh --llm meta-llama/Llama-3.1-8B-Instruct --ngpu 8 --gpu_inference true \
 #       --corpus_dir /path/to/espnet/egs2/librispeech/asr1 --corpus_subdir dump/raw \
 #       --train_set train_960 --valid_set dev --test_sets "test_clean test_other" \
 #       --user_template "Continue the following text: {speech}" \

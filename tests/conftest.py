@@ -21,6 +21,8 @@ WORDS = (
     "yes no hello world the answer say again please thank you big small"
 ).split()
 SAMPLE_RATE = 16000
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "egs2" / "alignchat"
 
 
 def build_tokenizer():
@@ -245,4 +247,16 @@ def tiny_recipe(tmp_path_factory, tiny_llm) -> Path:
             train(Path("exp"), tiny_llm, data, stats, Path("exp/tiny"), "pretrain")
     finally:
         os.chdir(cwd)
+    return root
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """A copy of the recipe dir (links to its scripts, as ESPnet recipes share them)."""
+    root = tmp_path_factory.mktemp("egs2") / "alignchat"
+    root.mkdir()
+    for name in ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
+        (root / name).symlink_to(RECIPE / name)
+    (root / "conf").symlink_to(REPO / "conf")
+    (root / "local").symlink_to(REPO / "local")
     return root

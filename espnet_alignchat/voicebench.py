@@ -3,15 +3,17 @@
 VoiceBench builds its assistants without arguments, so this one reads where the model is from
 the environment: ``ALIGNCHAT_MODEL`` (a model dir or a packed .zip; default
 ``alignchat.zip`` in the current directory), ``ALIGNCHAT_LLM`` (the model's LLM, if not where
-the model says) and ``ALIGNCHAT_DEVICE`` (default: cuda if there is one). To register it, add
-to VoiceBench's ``src/models/__init__.py``::
-
-    from espnet_alignchat.voicebench import AlignChatAssistant
-    model_cls_mapping["alignchat"] = AlignChatAssistant
-
-and run ``ALIGNCHAT_MODEL=/path/alignchat.zip python main.py --model alignchat --data
-alpacaeval --split test --modality audio``. Offline, on local files,
-``python -m espnet_alignchat.bin.voicebench_infer`` writes the same output files, batched.
+the model says), ``ALIGNCHAT_DEVICE`` (default: cuda if there is one),
+``ALIGNCHAT_OUTPUT_MODE`` (what the LLM reads: ``continuous``, ``snap`` or ``expected``; the
+real track decodes with ``snap``) and ``ALIGNCHAT_MAX_NEW_TOKENS`` (default: VoiceBench's
+2048). VoiceBench's
+``src/models/__init__.py`` imports every assistant it has, with all their dependencies, so
+adding this one there is not enough; run VoiceBench's ``main.py`` through
+``python -m espnet_alignchat.bin.voicebench_main`` instead (from the VoiceBench folder,
+with main.py's own arguments, e.g. ``--model alignchat --data sd-qa --split usa``): it gives
+main.py a model registry that holds this assistant alone. Offline, on local files,
+``python -m espnet_alignchat.bin.voicebench_infer`` writes the same output files, batched,
+and ``python -m espnet_alignchat.bin.voicebench_score`` scores them.
 """
 
 import os
@@ -22,6 +24,11 @@ from espnet_alignchat.inference import Speech2Chat
 
 DEFAULT_MODEL = "alignchat.zip"
 MAX_NEW_TOKENS = 2048  # VoiceBench's default for every assistant
+
+
+def _output_mode_from_environment() -> Dict[str, str]:
+    mode = os.environ.get("ALIGNCHAT_OUTPUT_MODE")
+    return {"output_mode": mode} if mode else {}
 
 
 class AlignChatAssistant:
@@ -38,21 +45,24 @@ class AlignChatAssistant:
         model: Optional[str] = None,
         llm: Optional[str] = None,
         device: Optional[str] = None,
-        max_new_tokens: int = MAX_NEW_TOKENS,
+        max_new_tokens: Optional[int] = None,
         **options,
     ):
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = max_new_tokens or int(
+            os.environ.get("ALIGNCHAT_MAX_NEW_TOKENS") or MAX_NEW_TOKENS
+        )
         self.chat = Speech2Chat.from_pretrained(
             model or os.environ.get("ALIGNCHAT_MODEL") or DEFAULT_MODEL,
             llm=llm or os.environ.get("ALIGNCHAT_LLM") or None,
             device=device or os.environ.get("ALIGNCHAT_DEVICE") or None,
-            **options,
+            **{**_output_mode_from_environment(), **options},
         )
 
     def generate_audio(
         self, audio: Dict[str, Any], max_new_tokens: Optional[int] = None
     ) -> str:
-        """The answer to ``{"array": samples, "sampling_rate": rate}`` (any rate)."""
+        """The answer to ``{"array": samples, "sampling_rate": rate}`` (any rate) or to the
+        torchcodec ``AudioDecoder`` that `datasets` >= 4 gives in its place."""
         return self.generate_audio_batch([audio], max_new_tokens)[0]
 
     def generate_text(self, text: str) -> str:

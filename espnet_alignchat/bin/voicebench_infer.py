@@ -7,10 +7,13 @@
 
 writes ``<output_dir>/<model_name>-<data>-<split>-<modality>.jsonl`` for each modality, named
 and laid out as VoiceBench's ``main.py`` writes them: one line per item with its fields but the
-audio, plus ``response``. VoiceBench's ``evaluate.py`` scores them as they are (``mcq``,
-``ifeval``, ``harm``, ``bbh`` and ``qa``'s PEDANT offline; ``open`` after its GPT judge). The
-``audio`` modality answers the speech; ``text`` gives the frozen LLM the prompt's text where
-the speech would go (`AlignChatAssistant.generate_text`).
+audio, plus ``response``. VoiceBench's ``evaluate.py`` scores them as they are with ``mcq``,
+``ifeval`` (after ``nltk.download("punkt")``), ``harm`` and ``bbh``; its ``qa`` and ``open``
+first need its GPT judge (``api_judge.py`` adds the ``score`` they read), and ``qa``'s PEDANT
+downloads a classifier. ``python -m espnet_alignchat.bin.voicebench_score`` scores the files
+with no network (`espnet_alignchat.voicebench_scoring`). The ``audio`` modality answers the
+speech; ``text`` gives the frozen LLM the prompt's text where the speech would go
+(`AlignChatAssistant.generate_text`).
 
 Input, read from local files only: ``--jsonl``, one JSON object per line with the text in
 ``prompt`` and the path of the audio (any format soundfile reads, relative to the JSONL's
@@ -36,6 +39,7 @@ from tqdm import tqdm
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir
 from espnet_alignchat.inference import load_speech
+from espnet_alignchat.model import OUTPUT_MODES
 from espnet_alignchat.preprocessor import InputError
 from espnet_alignchat.voicebench import MAX_NEW_TOKENS, AlignChatAssistant
 
@@ -71,6 +75,12 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio_field", default="audio")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument(
+        "--output_mode",
+        choices=OUTPUT_MODES,
+        default="continuous",
+        help="what the LLM reads (the real track decodes with snap)",
+    )
     parser.add_argument("--log_level", default="INFO")
     return parser
 
@@ -173,7 +183,11 @@ def infer(args: argparse.Namespace) -> int:
         items = list(read_data_dir(args.data_dir))
     data = args.data or (args.jsonl.stem if args.jsonl else args.data_dir.name)
     assistant = AlignChatAssistant(
-        args.model, args.llm, args.device, args.max_new_tokens
+        args.model,
+        args.llm,
+        args.device,
+        args.max_new_tokens,
+        output_mode=args.output_mode,
     )
     args.output_dir.mkdir(parents=True, exist_ok=True)
     missing = 0

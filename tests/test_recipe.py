@@ -5,11 +5,10 @@ checks that every stage runs through the real scripts and leaves outputs that pa
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+import recipe_runs
 import torch
 import yaml
 
@@ -61,28 +60,15 @@ def write_configs(where: Path) -> dict:
 
 
 def run_recipe(recipe: Path, *options: str) -> str:
-    configs = write_configs(recipe.parent)
-    command = [
-        "./run.sh",
+    return recipe_runs.run_recipe(
+        recipe,
+        write_configs(recipe.parent),
         "--world", "mini",
-        "--nj", "2",
-        "--inference_nj", "2",
         "--local_data_opts", "--max_utts 24",
         "--mini_llm_opts", "--steps 10 --log_interval 5",
-        "--pretrain_config", str(configs["pretrain"]),
-        "--instruct_config", str(configs["instruct"]),
-        "--inference_config", str(configs["decode"]),
-        "--pretrain_tag", "pretrain",
-        "--instruct_tag", "instruct",
-        "--inference_tag", "decode",
         *options,
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        command, cwd=recipe, capture_output=True, text=True, env=env, timeout=900
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+        timeout=900,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

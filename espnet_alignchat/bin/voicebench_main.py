@@ -39,7 +39,14 @@ def run_voicebench_main(voicebench_dir: Path, argv: List[str]) -> None:
     sys.modules["src.models"] = models
     sys.path.insert(0, str(voicebench_dir.resolve()))
     sys.argv = [str(main_py), *argv]
-    runpy.run_path(str(main_py), run_name="__main__")
+    try:
+        runpy.run_path(str(main_py), run_name="__main__")
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.startswith(("espnet", "src")):
+            raise
+        sys.exit(
+            f"{PROG}: error: VoiceBench's main.py imports {error.name}: install it"
+        )
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

@@ -148,7 +148,8 @@ def voicebench_checkout(root: Path, tiny_recipe: Path) -> Path:
     local = root / "hlt-lab/voicebench"
     (local / "sd-qa").mkdir(parents=True)
     rows = {"prompt": ["q one", "q two"], "reference": ["a", "b"]}
-    subset = datasets.Dataset.from_dict({**rows, "audio": [str(w) for w in wavs]})
+    audio = [{"bytes": w.read_bytes(), "path": w.name} for w in wavs]  # in the file
+    subset = datasets.Dataset.from_dict({**rows, "audio": audio})
     subset.cast_column("audio", datasets.Audio()).to_parquet(
         str(local / "sd-qa/usa.parquet")
     )
@@ -162,6 +163,8 @@ def voicebench_checkout(root: Path, tiny_recipe: Path) -> Path:
 def test_voicebench_main_runs_with_alignchat_alone(tiny_recipe, tmp_path, monkeypatch):
     voicebench = voicebench_checkout(tmp_path / "VoiceBench", tiny_recipe)
     monkeypatch.chdir(voicebench)
+    # Not the user's cache: a dataset prepared by another run must not stand in for this one.
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ALIGNCHAT_MODEL", str(tiny_recipe / "exp/tiny"))
     monkeypatch.setenv("ALIGNCHAT_DEVICE", "cpu")
     monkeypatch.setenv("ALIGNCHAT_MAX_NEW_TOKENS", "3")  # a random LLM rarely stops

@@ -55,13 +55,34 @@ class PromptError(ValueError):
     """The chat template or the pieces of a prompt do not fit together."""
 
 
+class LLMNotFoundError(FileNotFoundError):
+    """The LLM named (``--llm``) is not there, or what is there is no LLM."""
+
+
+def _not_an_llm(name_or_path: str, error: Exception) -> LLMNotFoundError:
+    first_line = (
+        str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    )
+    if Path(name_or_path).exists():
+        return LLMNotFoundError(
+            f"{name_or_path}: cannot load it as an LLM ({first_line})"
+        )
+    return LLMNotFoundError(
+        f"{name_or_path}: no such LLM: neither a local model dir nor a hub model this "
+        f"machine can reach ({first_line})"
+    )
+
+
 def load_tokenizer(
     name_or_path: str, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
     """The LLM's own tokenizer (never resized: our ids are the LLM's ids)."""
-    return AutoTokenizer.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code
-    )
+    try:
+        return AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as error:  # not found, not reachable, not a tokenizer
+        raise _not_an_llm(name_or_path, error) from error
 
 
 def _local_or_hub_file(name_or_path: str, filename: str) -> Optional[Path]:
@@ -317,9 +338,13 @@ class FrozenLLM:
         self.name_or_path = str(name_or_path)
         self.dtype_option = dtype
         self.trust_remote_code = trust_remote_code
-        self.config = AutoConfig.from_pretrained(
-            self.name_or_path, trust_remote_code=trust_remote_code
-        ).get_text_config()
+        try:
+            config = AutoConfig.from_pretrained(
+                self.name_or_path, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as error:  # not found, not reachable, not a model
+            raise _not_an_llm(self.name_or_path, error) from error
+        self.config = config.get_text_config()
         self.device = torch.device("cpu")
         self._embeddings: Optional[torch.Tensor] = None
         self._model: Optional[torch.nn.Module] = None
@@ -349,6 +374,17 @@ class FrozenLLM:
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return load_tokenizer(self.name_or_path, self.trust_remote_code)
+
+    @cached_property
+    def eos_token_id(self) -> int:
+        """The tokenizer's end-of-sequence token: the speech tokenizer ends transcripts with it."""
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise PromptError(
+                f"{self.name_or_path}: its tokenizer has no EOS token (eos_token in "
+                "tokenizer_config.json); the speech tokenizer ends every transcript with it"
+            )
+        return eos
 
     @cached_property
     def fingerprint(self) -> LLMFingerprint:
@@ -482,7 +518,7 @@ class FrozenLLM:
             )
         turn_end = self.tokenize(conversation.split(_RESPONSE)[1].rstrip())
         # A template that does not close the assistant's turn: the tokenizer's EOS does.
-        return turn_end or [self.tokenizer.eos_token_id]
+        return turn_end or [self.eos_token_id]
 
     def conversation_prompt(
         self,

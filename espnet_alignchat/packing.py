@@ -14,11 +14,12 @@ config's paths at the extracted files.
 """
 
 import logging
+import tarfile
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -109,9 +110,34 @@ def carry_files(config: Dict[str, Any], model_dir: Path) -> Dict[str, Path]:
     return carried
 
 
+def check_members(path: Path) -> None:
+    """Refuse an archive with a member that would land outside the folder it is unpacked
+    into (an absolute path, a ``..`` step, a drive letter) or that is not a plain file or
+    folder (a tar link or device): ESPnet's ``unpack`` writes members where they say."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            members = [(info.filename, False) for info in archive.infolist()]
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as archive:
+            members = [(m.name, not (m.isfile() or m.isdir())) for m in archive]
+    else:
+        return  # not an archive: unpack says so
+    for name, special in members:
+        posix = name.replace("\\", "/")
+        if posix.startswith("/") or ".." in PurePosixPath(posix).parts or ":" in posix:
+            raise InputError(f"{path}: refused: the member {name!r} points outside it")
+        if special:
+            raise InputError(
+                f"{path}: refused: the member {name!r} is a link or device"
+            )
+
+
 @contextmanager
 def unpacked(path: Path) -> Iterator[Tuple[Path, Path]]:
-    """``(model_dir, model_file)`` of the packed model, extracted while the context lasts."""
+    """``(model_dir, model_file)`` of the packed model, extracted while the context lasts.
+
+    Archives whose members would escape the folder are refused (`check_members`)."""
+    check_members(path)
     with tempfile.TemporaryDirectory(prefix="alignchat_") as tmp:
         try:
             files = unpack(path, tmp, use_cache=False)

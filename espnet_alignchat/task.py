@@ -248,7 +248,7 @@ class AlignChatTask(AbsTask):
         encoder = encoder_class(input_size=input_size, **args.encoder_conf)
         if read_llm and args.model_conf.get("end_token_id") is None:
             # Written into config.yaml, so inference uses the id the model was trained with.
-            args.model_conf["end_token_id"] = llm.tokenizer.eos_token_id
+            args.model_conf["end_token_id"] = llm.eos_token_id
         decoder_conf = dict(args.decoder_conf, vocab_size=llm.vocab_size)
         whisper = decoder_conf.pop("init_from_whisper", None)
         decoder = SpeechTokenDecoder(

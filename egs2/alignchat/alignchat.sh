@@ -353,6 +353,7 @@ make_subset() {
         [ ! -f "${src}/${name}" ] || filter_keys "${dst}/keys" "${src}/${name}" > "${dst}/${name}"
     done
     filter_keys "${dst}/keys" "${stats_dir}/train/speech_shape" > "${dst}/speech_shape"
+    [ ! -f "${src}/token_ids.json" ] || cp "${src}/token_ids.json" "${dst}/"
     if "${cache_encoder_outputs}"; then
         mkdir -p "$(encoder_cache "$2")"
         filter_keys "${dst}/keys" "$(speech_scp "$1")" > "$(speech_scp "$2")"

@@ -15,12 +15,18 @@ Stage 2 adds ``--train_data_path_and_name_and_type dump/raw/train/response,respo
 (the LLM's own answers), ``--config conf/train_instruct.yaml`` and
 ``--init_param exp/pretrain/valid.acc.ave.pth``. ``--collect_stats true`` writes the shape files
 and feature statistics without reading the LLM's weights. All of ESPnet's trainer options work
-(``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them.
+(``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them. Token
+ids (``text_int`` data) made by another LLM's tokenizer than ``--llm``'s are refused before
+training starts (``token_ids.json``, `espnet_alignchat.provenance`).
 """
 
+import argparse
+from pathlib import Path
 from typing import List, Optional
 
 from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.llm import load_tokenizer
+from espnet_alignchat.provenance import check_record
 from espnet_alignchat.task import AlignChatTask
 
 
@@ -28,8 +34,21 @@ def get_parser():
     return AlignChatTask.get_parser()
 
 
+def check_token_ids(args: argparse.Namespace) -> None:
+    """Refuse token ids (``text_int`` data) that another LLM's tokenizer made."""
+    entries = (args.train_data_path_and_name_and_type or []) + (
+        args.valid_data_path_and_name_and_type or []
+    )
+    folders = {Path(path).parent for path, _, kind in entries if kind == "text_int"}
+    if folders and args.llm and not args.collect_stats:
+        tokenizer = load_tokenizer(args.llm, args.trust_remote_code)
+        for folder in sorted(folders):
+            check_record(folder, args.llm, tokenizer)
+
+
 def main(cmd: Optional[List[str]] = None) -> None:
     with exit_on_user_error("alignchat_train"):
+        check_token_ids(get_parser().parse_args(cmd))
         AlignChatTask.main(cmd=cmd)
 
 

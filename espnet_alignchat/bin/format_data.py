@@ -12,6 +12,8 @@ reads ``--in_dir`` (``wav.scp`` with paths, pipes or ark offsets, optional ``seg
   other per-utterance files, restricted to the kept utterances;
 - ``text_int`` (and ``response_int`` when there is a ``response``): the LLM tokenizer's ids
   (``add_special_tokens=False``) in ESPnet's ``text_int`` format, ``uttid 12 7 301``;
+- ``token_ids.json``: which tokenizer made the ids (`espnet_alignchat.provenance`), checked
+  by training and self-generation;
 - ``dropped``: ``uttid reason: detail`` for each utterance left out;
 - ``template_mismatch``, only if there is any: the transcripts whose prompt (the chat
   template's pieces around the transcript's own tokens, as training and the text-conditioned
@@ -45,6 +47,7 @@ from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.llm import SPEECH_PLACEHOLDER, FrozenLLM
 from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.provenance import RECORD, write_record
 
 PROG = "format_data"
 AUDIO_FORMATS = ("flac", "wav")
@@ -61,6 +64,7 @@ NOT_COPIED = {
     "utt2num_samples",
     "text_int",
     "response_int",
+    RECORD,
     "dropped",
     "template_mismatch",
     "reco2file_and_channel",
@@ -387,6 +391,7 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
         outputs["template_mismatch"] = mismatches
     for name, values in outputs.items():
         write_kaldi_map(out_dir / name, values)
+    write_record(out_dir, args.llm, tokenizer, [TOKENIZED[name] for name in token_ids])
     if extras:
         logging.info(f"copied the per-utterance files {', '.join(extras)}")
     logging.info(f"wrote {out_dir}; dropped utterances are listed in {out_dir}/dropped")

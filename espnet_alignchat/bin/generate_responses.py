@@ -9,7 +9,8 @@ plain ASR corpus) goes into the LLM's chat template exactly where stage 2 puts t
 the LLM answers greedily unless told to sample. The answers are the stage-2 targets:
 ``<output_dir>/response_int`` holds the LLM's own token ids, including the stop token that
 ended the answer (so an empty answer is still a line), ``<output_dir>/response`` the text, one
-``uttid value`` line each.
+``uttid value`` line each, and ``token_ids.json`` which tokenizer made the ids; ids that
+``format_data`` made in ``--data_dir`` with another LLM's tokenizer are refused.
 
 Resumable: every answer is appended to ``<output_dir>/responses.jsonl`` as soon as its batch is
 done; a rerun skips what is there, so a killed run continues without answering an utterance
@@ -33,6 +34,7 @@ from espnet_alignchat.cli import (
 )
 from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
 from espnet_alignchat.llm import DTYPES, SPEECH_PLACEHOLDER, FrozenLLM
+from espnet_alignchat.provenance import check_record, write_record
 
 LOG = "responses.jsonl"
 
@@ -96,6 +98,8 @@ def generate(args: argparse.Namespace) -> None:
     logging.info(f"{len(done)} answers already written, {len(todo)} to generate")
 
     llm = FrozenLLM(args.llm, args.llm_dtype, args.trust_remote_code)
+    # The answers' ids join the data dir's: the same tokenizer must have made both.
+    check_record(args.data_dir, args.llm, llm.tokenizer)
     llm.to("cuda" if args.ngpu > 0 else "cpu")
     layout = llm.prompt_layout(args.system_prompt, args.user_template)
     options = generation_options(args)
@@ -125,6 +129,7 @@ def generate(args: argparse.Namespace) -> None:
         args.output_dir / "response_int",
         {k: " ".join(map(str, r["ids"])) for k, r in finished.items()},
     )
+    write_record(args.output_dir, args.llm, llm.tokenizer, ["response_int"])
     stops = set(llm.stop_token_ids)
     cut = sum(not r["ids"] or r["ids"][-1] not in stops for r in finished.values())
     logging.info(f"{len(finished)} answers in {args.output_dir}")

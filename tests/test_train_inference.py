@@ -11,7 +11,9 @@ from conftest import UTTERANCES, collect_stats, train, write_data_dir
 
 from espnet_alignchat.bin import alignchat_inference, checkpoint_report
 from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.llm import load_embeddings
+from espnet_alignchat.search import Hypothesis
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,28 @@ def test_inference_on_text_answers_the_transcripts(trained):
     )
     assert sorted(read_kaldi_map(out / "response")) == sorted(UTTERANCES)
     assert not (out / "text").exists()
+
+
+def test_an_empty_transcript_is_reported(trained, tmp_path, caplog, monkeypatch):
+    decode = Speech2Chat.hypotheses
+
+    def heard_nothing_in_the_first(self, speech):
+        hypotheses = decode(self, speech)
+        first = hypotheses[0]
+        hypotheses[0] = Hypothesis([], first.vectors[:0], first.score, True)
+        return hypotheses
+
+    monkeypatch.setattr(Speech2Chat, "hypotheses", heard_nothing_in_the_first)
+    out = tmp_path / "decode"
+    alignchat_inference.main(
+        ["--model_dir", str(trained / "instruct"), "--model_file", "1epoch.pth"]
+        + ["--data_dir", str(trained / "data"), "--output_dir", str(out)]
+        + ["--batch_size", "8", "--max_new_tokens", "2"]
+    )
+    empty = [key for key, text in read_kaldi_map(out / "text").items() if not text]
+    assert len(empty) == 1
+    assert f"{empty[0]}: the speech tokenizer heard nothing" in caplog.text
+    assert f"1 of {len(UTTERANCES)} utterances got an empty transcript" in caplog.text
 
 
 def test_unreadable_audio_is_reported_and_skipped(trained, tmp_path, caplog):

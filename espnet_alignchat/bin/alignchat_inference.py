@@ -7,7 +7,9 @@ writes ``<output_dir>/text`` (the speech tokenizer's transcript of each utteranc
 ``<output_dir>/response`` (the frozen LLM's answer to the speech), one ``uttid value`` line each.
 With ``--text_input true`` the LLM answers the data dir's ``text`` instead: the text-conditioned
 reference, written to ``<output_dir>/response``. Unreadable utterances are reported, listed in
-``<output_dir>/skipped`` and left out; the others are processed. ``--config decode.yaml`` sets
+``<output_dir>/skipped`` and left out; the others are processed. An utterance in which the
+speech tokenizer heard nothing (an empty transcript: the LLM answers an empty user turn) is
+named in the log, and the log counts them. ``--config decode.yaml`` sets
 any option from a YAML file, as ESPnet's inference configs do.
 """
 
@@ -110,6 +112,7 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
     transcripts: Dict[str, str] = {}
     responses: Dict[str, str] = {}
     skipped: Dict[str, str] = {}
+    heard_nothing = 0
     with tqdm(total=len(keys), unit="utt", desc="answering speech") as progress:
         for batch in batches(keys, batch_size):
             loaded = []
@@ -125,7 +128,18 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
                 for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
                     transcripts[key] = chat.llm.decode(hypothesis.token_ids)
                     responses[key] = answer
+                    if not hypothesis.token_ids:
+                        logging.warning(
+                            f"{key}: the speech tokenizer heard nothing; the LLM answered "
+                            "an empty user turn"
+                        )
+                        heard_nothing += 1
             progress.update(len(batch))
+    if heard_nothing:
+        logging.warning(
+            f"{heard_nothing} of {len(keys)} utterances got an empty transcript (empty "
+            "lines in text)"
+        )
     return transcripts, responses, skipped
 
 

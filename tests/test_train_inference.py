@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import UTTERANCES, collect_stats, train, write_data_dir
 
-from espnet_alignchat.bin import alignchat_inference, checkpoint_report
+from espnet_alignchat.bin import alignchat_inference, alignchat_train, checkpoint_report
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.llm import load_embeddings
@@ -205,3 +205,24 @@ def test_entry_points_answer_help(entry):
     )
     assert result.returncode == 0 and "usage:" in result.stdout
     assert "nltk" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "cmd, ddp",
+    [
+        (["--ngpu", "2"], True),  # ESPnet alone would take DataParallel
+        (["--ngpu", "2", "--multiprocessing_distributed", "true"], False),  # asked
+        (
+            ["--ngpu", "4", "--dist_launcher", "slurm"],
+            False,
+        ),  # the launcher's processes
+        (["--ngpu", "1"], False),
+    ],
+)
+def test_several_gpus_train_with_one_process_each(cmd, ddp, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = alignchat_train.get_parser().parse_args(cmd)
+    added = ["--multiprocessing_distributed", "true"] if ddp else []
+    assert alignchat_train.one_process_per_gpu(args, cmd) == cmd + added
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started by torchrun: DDP already
+    assert alignchat_train.one_process_per_gpu(args, cmd) == cmd

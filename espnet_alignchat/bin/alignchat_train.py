@@ -17,12 +17,17 @@ Stage 2 adds ``--train_data_path_and_name_and_type dump/raw/train/response,respo
 and feature statistics without reading the LLM's weights. All of ESPnet's trainer options work
 (``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them. Token
 ids (``text_int`` data) made by another LLM's tokenizer than ``--llm``'s are refused before
-training starts (``token_ids.json``, `espnet_alignchat.provenance`).
+training starts (``token_ids.json``, `espnet_alignchat.provenance`). ``--ngpu N`` on one node
+trains with DDP, one process per GPU (`one_process_per_gpu`).
 """
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
+
+from espnet2.train.distributed_utils import get_world_size
 
 from espnet_alignchat.cli import exit_on_user_error
 from espnet_alignchat.llm import load_tokenizer
@@ -46,10 +51,29 @@ def check_token_ids(args: argparse.Namespace) -> None:
             check_record(folder, args.llm, tokenizer)
 
 
+def one_process_per_gpu(args: argparse.Namespace, cmd: List[str]) -> List[str]:
+    """`cmd` with ``--multiprocessing_distributed true`` where ESPnet would otherwise train
+    on several GPUs with DataParallel, whose replicas would share one `FrozenLLM` object
+    (and its device) and race on it: ``--ngpu N`` on one node means DDP, one process per GPU,
+    as in ESPnet's recipes. A launcher's processes (torchrun, Slurm) are DDP already."""
+    launched = (
+        args.dist_launcher is not None or get_world_size(args.dist_world_size, None) > 1
+    )
+    if args.ngpu > 1 and not args.multiprocessing_distributed and not launched:
+        logging.warning(
+            f"--ngpu {args.ngpu}: training with one process per GPU (DDP, "
+            "--multiprocessing_distributed true), not DataParallel"
+        )
+        return [*cmd, "--multiprocessing_distributed", "true"]
+    return cmd
+
+
 def main(cmd: Optional[List[str]] = None) -> None:
+    cmd = list(sys.argv[1:] if cmd is None else cmd)
     with exit_on_user_error("alignchat_train"):
-        check_token_ids(get_parser().parse_args(cmd))
-        AlignChatTask.main(cmd=cmd)
+        args = get_parser().parse_args(cmd)
+        check_token_ids(args)
+        AlignChatTask.main(cmd=one_process_per_gpu(args, cmd))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech, Speech2Chat, load_speech
-from espnet_alignchat.preprocessor import InputError
 
 
 @dataclass

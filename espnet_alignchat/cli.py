@@ -10,8 +10,8 @@ from espnet2.utils.types import str2bool, str_or_none
 
 from espnet_alignchat.convert.staging import ConversionError
 from espnet_alignchat.encoders import ConfigError
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import LLMMismatchError, PromptError
-from espnet_alignchat.preprocessor import InputError
 
 USER_ERRORS = (
     ConfigError,

@@ -16,7 +16,8 @@ import soundfile
 import torch
 import torchaudio
 
-from espnet_alignchat.preprocessor import InputError, check_speech
+from espnet_alignchat.errors import InputError
+from espnet_alignchat.preprocessor import check_speech
 
 
 def read_kaldi_map(path: Path) -> Dict[str, str]:

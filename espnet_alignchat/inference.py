@@ -30,6 +30,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from espnet_alignchat.datadir import read_audio, resample
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import PromptError, PromptPiece, Turn
 from espnet_alignchat.model import AlignChatModel
 from espnet_alignchat.model_dir import (
@@ -39,7 +40,7 @@ from espnet_alignchat.model_dir import (
     resolve_paths,
 )
 from espnet_alignchat.packing import unpacked
-from espnet_alignchat.preprocessor import InputError, check_speech
+from espnet_alignchat.preprocessor import check_speech
 from espnet_alignchat.search import Hypothesis
 from espnet_alignchat.task import AlignChatTask
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import yaml
 
-from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.task import AlignChatTask
 
 # What ESPnet's n-best averaging leaves behind, best first, for the two training modes.

@@ -27,7 +27,7 @@ import yaml
 from espnet2.main_funcs.pack_funcs import unpack
 
 from espnet_alignchat import __version__
-from espnet_alignchat.bin.alignchat_results import results_table
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.model_dir import (
     find_model_file,
     locate_llm,
@@ -35,7 +35,7 @@ from espnet_alignchat.model_dir import (
     read_config,
     resolve,
 )
-from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.results import results_table
 
 CONFIG, CHECKPOINT, CARD = "config.yaml", "model.pth", "README.md"
 

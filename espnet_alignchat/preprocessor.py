@@ -4,13 +4,10 @@ from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import load_tokenizer
 
 TEXT_NAMES = ("text", "response")
-
-
-class InputError(ValueError):
-    """One utterance's data cannot be used; the message names the utterance."""
 
 
 def check_speech(utt_id: str, speech: np.ndarray) -> np.ndarray:

@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from sacrebleu.metrics import BLEU, CHRF
 
 from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import load_tokenizer
-from espnet_alignchat.preprocessor import InputError
 
 TRANSCRIPT = "text"
 WHISPER_TRANSCRIPT = "cascade_whisper/data/text"

@@ -6,9 +6,9 @@ import soundfile
 import torch
 
 from espnet_alignchat.datadir import resample
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat, load_speech
 from espnet_alignchat.llm import LLMMismatchError, PromptError
-from espnet_alignchat.preprocessor import InputError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

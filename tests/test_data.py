@@ -9,7 +9,8 @@ import soundfile
 from conftest import build_tokenizer
 
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
-from espnet_alignchat.preprocessor import AlignChatPreprocessor, InputError
+from espnet_alignchat.errors import InputError
+from espnet_alignchat.preprocessor import AlignChatPreprocessor
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ from espnet_alignchat.bin import (
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.encoders import ConfigError, HFSSLEncoder, HFWhisperEncoder
 from espnet_alignchat.encoders.whisper import _ENCODER_KEYS
-from espnet_alignchat.preprocessor import AlignChatPreprocessor, InputError
+from espnet_alignchat.errors import InputError
+from espnet_alignchat.preprocessor import AlignChatPreprocessor
 from espnet_alignchat.task import AlignChatTask
 
 SSL_SHAPE = dict(

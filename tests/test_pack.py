@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from espnet_alignchat.__main__ import main
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.llm import LLMMismatchError
 from espnet_alignchat.packing import pack_model
-from espnet_alignchat.preprocessor import InputError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 RESULTS = "# RESULTS\n## Scores\n|model|WER|\n|---|---|\n|exp/tiny|12.5|\n"

@@ -11,9 +11,9 @@ import pytest
 from conftest import WORDS, write_data_dir
 
 from espnet_alignchat.bin import alignchat_train, format_data, generate_responses
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.llm import FrozenLLM, PromptError, load_tokenizer
-from espnet_alignchat.preprocessor import InputError
 from espnet_alignchat.provenance import RECORD, tokenizer_sha256
 from espnet_alignchat.testing import save_random_llm
 

@@ -8,6 +8,7 @@ import pytest
 
 from espnet_alignchat.bin import alignchat_results, alignchat_score
 from espnet_alignchat.datadir import write_kaldi_map
+from espnet_alignchat.results import results_table
 from espnet_alignchat.scoring import normalize, sclite_safe, score_decode_dir
 from espnet_alignchat.testing import build_word_tokenizer
 
@@ -114,7 +115,7 @@ def test_whisper_cascade_is_scored_when_decoding_made_one(tmp_path):
     assert (scores["wer_whisper"]["wrd"], scores["wer_whisper"]["errors"]) == (6, 1)
     assert (decode_dir / "cascade_whisper/score_wer/result.txt").is_file()
     assert scores["response"]["cascade_whisper_vs_text"]["exact_agreement"] == 50.0
-    table = alignchat_results.results_table(tmp_path / "exp")
+    table = results_table(tmp_path / "exp")
     header, row = table.splitlines()[-3], table.splitlines()[-1]
     cells = dict(zip(header.split("|"), row.split("|")))
     assert cells["WER whisper"] == "16.7" and cells["agree whisper cascade"] == "50.0"

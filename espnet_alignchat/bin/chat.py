@@ -18,9 +18,9 @@ from typing import Any, Dict, List, TextIO
 from espnet2.utils.types import str2bool, str_or_none
 
 from espnet_alignchat.cli import add_generation_arguments, generation_options
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Message, Speech2Chat
 from espnet_alignchat.model import OUTPUT_MODES
-from espnet_alignchat.preprocessor import InputError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".sph", ".aiff", ".au"}
 PROMPT = "you> "

@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 
 from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import weight_files
-from espnet_alignchat.preprocessor import InputError
 
 Shape = Tuple[int, ...]
 

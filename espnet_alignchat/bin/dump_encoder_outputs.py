@@ -36,7 +36,7 @@ from espnet_alignchat.bin.alignchat_inference import batches, select_keys
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, write_kaldi_map
 from espnet_alignchat.encoders import ConfigError, WaveformEncoder
-from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.task import encoder_choices
 
 PROG = "dump_encoder_outputs"

@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import SPEECH_PLACEHOLDER, FrozenLLM
-from espnet_alignchat.preprocessor import InputError
 from espnet_alignchat.provenance import RECORD, write_record
 
 PROG = "format_data"

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 from espnet_alignchat.cli import exit_on_user_error
 from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
-from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.errors import InputError
 
 PROG = "import_corpus"
 COPIED = (

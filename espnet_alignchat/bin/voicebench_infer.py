@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import load_speech
 from espnet_alignchat.model import OUTPUT_MODES
-from espnet_alignchat.preprocessor import InputError
 from espnet_alignchat.voicebench import MAX_NEW_TOKENS, AlignChatAssistant
 
 MODALITIES = ("audio", "text")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
-from espnet_alignchat.preprocessor import InputError
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.voicebench_scoring import (
     IFEvalChecker,
     mcq_scores,

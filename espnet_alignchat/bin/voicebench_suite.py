@@ -50,9 +50,9 @@ from espnet_alignchat.cli import (
     generation_options,
     setup_logging,
 )
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.model import OUTPUT_MODES
-from espnet_alignchat.preprocessor import InputError
 from espnet_alignchat.voicebench_scoring import (
     SENTENCE_SPLITTING_INSTRUCTIONS,
     IFEvalChecker,

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from fake_assets import IFEVAL_ITEM, make_suite_packages, tiny_ct2_whisper, write_arrow
 
 from espnet_alignchat.bin import voicebench_infer, voicebench_suite

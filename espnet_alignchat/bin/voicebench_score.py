@@ -23,7 +23,6 @@ Lines that are not JSON objects with a ``response`` are reported by line and lef
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 

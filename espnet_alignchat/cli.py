@@ -12,6 +12,7 @@ from espnet_alignchat.convert.staging import ConversionError
 from espnet_alignchat.encoders import ConfigError
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import LLMMismatchError, PromptError
+from espnet_alignchat.model import OUTPUT_MODES
 
 USER_ERRORS = (
     ConfigError,
@@ -47,6 +48,30 @@ def exit_on_user_error(prog: str) -> Iterator[None]:
     except USER_ERRORS as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speech tokenizer's decoding options, the same wherever a data set is decoded."""
+    group = parser.add_argument_group("speech tokenizer decoding")
+    group.add_argument("--beam_size", type=int, default=1)
+    group.add_argument(
+        "--maxlenratio", type=float, default=1.0, help="max tokens per encoder frame"
+    )
+    group.add_argument("--max_tokens", type=int, default=512)
+    group.add_argument("--length_bonus", type=float, default=0.0)
+    group.add_argument(
+        "--output_mode",
+        choices=OUTPUT_MODES,
+        default="continuous",
+        help="what the LLM reads: the decoder's vectors, E[decoded ids], or E weighted "
+        "by the decoder's token probabilities",
+    )
+
+
+def decoding_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options of `add_decoding_arguments`, as `Speech2Chat` takes them."""
+    names = ("beam_size", "maxlenratio", "max_tokens", "length_bonus", "output_mode")
+    return {name: getattr(args, name) for name in names}
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:

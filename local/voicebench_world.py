@@ -39,7 +39,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -52,6 +52,7 @@ from real_world import (  # noqa: E402  (a sibling script, not a package)
     normalize_space,
     read_arrow,
     split_voices,
+    write_jsonl,
 )
 
 SUBSETS = ("ifeval", "advbench", "openbookqa", "mmlu", "sd-qa", "alpacaeval")
@@ -211,12 +212,6 @@ def plan_rows(subset: str, items: list[Item], seed: int) -> list[dict]:
             }
         )
     return rows
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def plan(args: argparse.Namespace) -> str:

@@ -25,14 +25,15 @@ from espnet2.utils.types import str2bool, str_or_none
 from tqdm import tqdm
 
 from espnet_alignchat.cli import (
+    add_decoding_arguments,
     add_generation_arguments,
+    decoding_options,
     exit_on_user_error,
     generation_options,
     setup_logging,
 )
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.inference import Speech2Chat
-from espnet_alignchat.model import OUTPUT_MODES
 
 
 def get_parser() -> config_argparse.ArgumentParser:
@@ -61,20 +62,7 @@ def get_parser() -> config_argparse.ArgumentParser:
         default=False,
         help="answer the data dir's text instead of its speech",
     )
-    group = parser.add_argument_group("speech tokenizer decoding")
-    group.add_argument("--beam_size", type=int, default=1)
-    group.add_argument(
-        "--maxlenratio", type=float, default=1.0, help="max tokens per encoder frame"
-    )
-    group.add_argument("--max_tokens", type=int, default=512)
-    group.add_argument("--length_bonus", type=float, default=0.0)
-    group.add_argument(
-        "--output_mode",
-        choices=OUTPUT_MODES,
-        default="continuous",
-        help="what the LLM reads: the decoder's vectors, E[decoded ids], or E weighted "
-        "by the decoder's token probabilities",
-    )
+    add_decoding_arguments(parser)
     add_generation_arguments(parser)
     return parser
 
@@ -151,13 +139,9 @@ def inference(args) -> int:
         llm=args.llm,
         device=device,
         model_file=args.model_file,
-        beam_size=args.beam_size,
-        maxlenratio=args.maxlenratio,
-        max_tokens=args.max_tokens,
-        length_bonus=args.length_bonus,
-        output_mode=args.output_mode,
         system_prompt=args.system_prompt,
         generation=generation_options(args),
+        **decoding_options(args),
     )
     data = DataDir(args.data_dir)
     keys = select_keys(data.utt_ids, args.key_file)

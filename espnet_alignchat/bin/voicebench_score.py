@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from espnet_alignchat.bin.voicebench_infer import read_jsonl
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.voicebench_scoring import (
@@ -48,27 +49,14 @@ NEEDS = {  # evaluator -> fields each line must have besides "response"
 
 
 def read_records(path: Path, needed: tuple) -> List[Dict]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    """The lines of a VoiceBench output file that have a response and `needed`."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                logging.warning(f"{path}:{number}: not JSON ({error}) (skipped)")
-                continue
-            missing = [
-                k
-                for k in ("response", *needed)
-                if not isinstance(record, dict) or k not in record
-            ]
-            if missing:
-                logging.warning(f"{path}:{number}: no {', '.join(missing)} (skipped)")
-                continue
-            records.append(record)
+    for item in read_jsonl(path, "audio"):  # bad lines are logged there
+        missing = [k for k in ("response", *needed) if k not in item.fields]
+        if missing:
+            logging.warning(f"{item.name}: no {', '.join(missing)} (skipped)")
+            continue
+        records.append(item.fields)
     if not records:
         raise InputError(f"{path}: no line to score")
     return records

@@ -45,14 +45,15 @@ from espnet_alignchat.bin.alignchat_inference import batches
 from espnet_alignchat.bin.voicebench_infer import Item, read_jsonl
 from espnet_alignchat.bin.whisper_transcribe import WhisperASR
 from espnet_alignchat.cli import (
+    add_decoding_arguments,
     add_generation_arguments,
+    decoding_options,
     exit_on_user_error,
     generation_options,
     setup_logging,
 )
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat
-from espnet_alignchat.model import OUTPUT_MODES
 from espnet_alignchat.voicebench_scoring import (
     SENTENCE_SPLITTING_INSTRUCTIONS,
     IFEvalChecker,
@@ -109,12 +110,7 @@ def get_parser() -> config_argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: one GPU")
     parser.add_argument("--log_level", default="INFO")
-    group = parser.add_argument_group("speech tokenizer decoding")
-    group.add_argument("--beam_size", type=int, default=1)
-    group.add_argument("--maxlenratio", type=float, default=1.0)
-    group.add_argument("--max_tokens", type=int, default=512)
-    group.add_argument("--length_bonus", type=float, default=0.0)
-    group.add_argument("--output_mode", choices=OUTPUT_MODES, default="continuous")
+    add_decoding_arguments(parser)
     add_generation_arguments(parser)
     parser.set_defaults(max_new_tokens=0)
     return parser
@@ -305,13 +301,9 @@ def run(args: argparse.Namespace) -> int:
         llm=args.llm,
         device=device,
         model_file=args.model_file,
-        beam_size=args.beam_size,
-        maxlenratio=args.maxlenratio,
-        max_tokens=args.max_tokens,
-        length_bonus=args.length_bonus,
-        output_mode=args.output_mode,
         system_prompt=args.system_prompt,
         generation=generation_options(args),
+        **decoding_options(args),
     )
     asr = WhisperASR(args.cascade_asr, device) if args.cascade_asr else None
     answerer = Answerer(chat, asr, args.batch_size)

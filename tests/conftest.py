@@ -250,6 +250,18 @@ def tiny_recipe(tmp_path_factory, tiny_llm) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A random Whisper, written as CTranslate2 stores it and converted as the recipe does."""
+    from fake_assets import tiny_ct2_whisper
+
+    from espnet_alignchat.convert import convert_ct2_whisper
+
+    root = tmp_path_factory.mktemp("tiny_whisper")
+    tiny_ct2_whisper(root / "ct2", max_source_positions=1500, max_target_positions=448)
+    return convert_ct2_whisper(root / "ct2", root / "whisper")
+
+
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """A copy of the recipe dir (links to its scripts, as ESPnet recipes share them)."""

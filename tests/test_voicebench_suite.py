@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_assets import IFEVAL_ITEM, make_suite_packages, tiny_ct2_whisper, write_arrow
+from fake_assets import IFEVAL_ITEM, make_suite_packages, write_arrow
 
 from espnet_alignchat.bin import voicebench_infer, voicebench_suite
-from espnet_alignchat.convert import convert_ct2_whisper
 from espnet_alignchat.voicebench_scoring import (
     IFEvalChecker,
     contains_answer,
@@ -232,13 +231,6 @@ def write_suite(suite: Path, tiny_recipe: Path) -> None:
         if subset == "advbench":
             lines.append(json.dumps({"prompt": "lost", "audio": "missing.wav"}))
         (suite / f"{subset}.jsonl").write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_whisper")
-    tiny_ct2_whisper(root / "ct2", max_source_positions=1500, max_target_positions=448)
-    return convert_ct2_whisper(root / "ct2", root / "whisper")
 
 
 @pytest.mark.usefixtures("single_thread")

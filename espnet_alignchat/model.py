@@ -341,11 +341,15 @@ class AlignChatModel(AbsESPnetModel):
     def _answer_losses(self, z, text, text_lengths, response, response_lengths):
         """Cross-entropy (and KL to the text-conditioned LLM) on the self-generated answer."""
         layout = self.prompt_layout
+        # The prompts are built from Python lists: the ids come to the host in one copy per
+        # tensor, not one synchronisation per row and slice.
         answers = [
-            self._complete(row[:length].tolist())
-            for row, length in zip(response, response_lengths)
+            self._complete(row[:length])
+            for row, length in zip(response.tolist(), response_lengths.tolist())
         ]
-        transcripts = [row[:length] for row, length in zip(text, text_lengths)]
+        transcripts = [
+            row[:length] for row, length in zip(text.tolist(), text_lengths.tolist())
+        ]
         # Every prompt starts with the template's prefix: the LLM runs it once, without
         # gradients (`logits_after_prefix`), and each row's answer ends its sequence.
         speech_rests = [
@@ -356,9 +360,10 @@ class AlignChatModel(AbsESPnetModel):
         # Position -k-1 predicts the token at -k, so span + 1 logits suffice.
         logits = self.llm.logits_after_prefix(layout.prefix, speech_rests, span + 1)
         logits = logits[:, :-1].float()
-        labels = torch.full((len(answers), span), IGNORE_ID, device=logits.device)
-        for row, answer in enumerate(answers):
-            labels[row, span - len(answer) :] = torch.tensor(answer)
+        labels = torch.tensor(
+            [[IGNORE_ID] * (span - len(answer)) + answer for answer in answers],
+            device=logits.device,
+        )
         valid = labels != IGNORE_ID
         loss_response = F.cross_entropy(logits[valid], labels[valid])
         stats = {
@@ -374,7 +379,7 @@ class AlignChatModel(AbsESPnetModel):
             # so the answer sits at the same positions in both.
             with torch.no_grad():
                 text_rests = [
-                    [ids.tolist(), layout.suffix, answer]
+                    [ids, layout.suffix, answer]
                     for ids, answer in zip(transcripts, answers)
                 ]
                 text_logits = self.llm.logits_after_prefix(

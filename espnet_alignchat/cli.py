@@ -20,9 +20,8 @@ USER_ERRORS = (
     InputError,
     LLMMismatchError,
     PromptError,
-    FileNotFoundError,
-    IsADirectoryError,
-    NotADirectoryError,
+    # Missing files, permissions, a full disk: the message names the path and the reason.
+    OSError,
 )
 
 

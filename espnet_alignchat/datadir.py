@@ -16,6 +16,7 @@ import soundfile
 import torch
 import torchaudio
 
+from espnet_alignchat.atomic import atomic_open
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.preprocessor import check_speech
 
@@ -36,8 +37,9 @@ def read_kaldi_map(path: Path) -> Dict[str, str]:
 
 
 def write_kaldi_map(path: Path, entries: Dict[str, str]) -> None:
-    """Sorted ``<key> <value>`` lines; values are put on one line (newlines become spaces)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Sorted ``<key> <value>`` lines; values are put on one line (newlines become spaces).
+    The file appears whole or not at all (`atomic_open`)."""
+    with atomic_open(path) as f:
         for key in sorted(entries):
             f.write(f"{key} {' '.join(entries[key].split())}\n")
 

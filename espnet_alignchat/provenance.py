@@ -15,6 +15,7 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from espnet_alignchat.atomic import atomic_write_text
 from espnet_alignchat.llm import LLMMismatchError
 
 RECORD = "token_ids.json"
@@ -37,7 +38,7 @@ def write_record(
         tokenizer_sha256=tokenizer_sha256(tokenizer),
         files=list(files),
     )
-    (Path(folder) / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(Path(folder) / RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def check_record(folder: Path, llm: str, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from espnet_alignchat.atomic import atomic_open
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import load_tokenizer
@@ -337,7 +338,7 @@ def score_decode_dir(
             answers, responses, decode_dir / "score_answer" / "result.txt"
         )
 
-    with open(decode_dir / "scores.json", "w", encoding="utf-8") as f:
+    with atomic_open(decode_dir / "scores.json") as f:
         json.dump(scores, f, indent=2)
         f.write("\n")
     return scores

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from espnet_alignchat.atomic import atomic_write_text
 from espnet_alignchat.benchmarking import (
     answer,
     build_untrained,
@@ -454,7 +455,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     with exit_on_user_error(PROG):
         results = benchmark(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"(figures saved in {args.output})")
 

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from espnet_alignchat.atomic import atomic_write_text
 from espnet_alignchat.cli import (
     add_generation_arguments,
     exit_on_user_error,
@@ -72,7 +73,7 @@ def read_done(log: Path) -> Dict[str, dict]:
         done[record["utt"]] = record
     if tail:
         logging.warning(f"{log}: dropping a partly written last line")
-        log.write_text("".join(line + "\n" for line in complete), encoding="utf-8")
+        atomic_write_text(log, "".join(line + "\n" for line in complete))
     return done
 
 

@@ -8,7 +8,8 @@ options. A stage-1 (``mode: pretrain``) model reads only the LLM's embedding mat
 
 import argparse
 import dataclasses
-from typing import Callable, Collection, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Collection, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,14 +25,16 @@ from espnet2.asr.specaug.specaug import SpecAug
 from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.layers.utterance_mvn import UtteranceMVN
-from espnet2.tasks.abs_task import AbsTask
+from espnet2.tasks.abs_task import AbsTask, IteratorOptions
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.dataset import AbsDataset, ESPnetDataset
 from espnet2.train.trainer import Trainer
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
 
+from espnet_alignchat.dataset import SkippingDataset
 from espnet_alignchat.decoder import SpeechTokenDecoder
 from espnet_alignchat.encoders import (
     ConfigError,
@@ -175,6 +178,22 @@ class AlignChatTask(AbsTask):
         Tuple[List[str], Dict[str, torch.Tensor]],
     ]:
         return CommonCollateFn(float_pad_value=0.0, int_pad_value=IGNORE_ID)
+
+    @classmethod
+    def build_dataset(
+        cls,
+        args: argparse.Namespace,
+        iter_options: IteratorOptions,
+        keys_to_load: Optional[Set[Union[int, str]]] = None,
+    ) -> AbsDataset:
+        """ESPnet's dataset, with unloadable utterances reported and skipped
+        (`SkippingDataset`; the report is ``<output_dir>/skipped_{train,valid}``)."""
+        dataset = super().build_dataset(args, iter_options, keys_to_load)
+        if not isinstance(dataset, ESPnetDataset):
+            return dataset
+        split = "train" if iter_options.train else "valid"
+        report = Path(args.output_dir) / f"skipped_{split}"
+        return SkippingDataset(dataset, report)
 
     @classmethod
     def build_preprocess_fn(

@@ -183,17 +183,29 @@ def test_wrong_llm_is_refused_with_one_line(trained, other_llm, tmp_path, capfd)
     assert "Traceback" not in "\n".join(err)
 
 
-def test_empty_transcript_stops_training_with_one_line(
-    trained, tiny_llm, tmp_path, capfd
+def test_unloadable_utterances_are_skipped_and_counted(
+    trained, tiny_llm, tmp_path, caplog
 ):
+    """An empty transcript and an unreadable file: training goes on without them."""
+    caplog.set_level(logging.INFO)
     data = write_data_dir(tmp_path / "data", UTTERANCES)
     lines = (data / "text").read_text().splitlines()
-    lines[1] = lines[1].split()[0]  # the utterance id alone: an empty transcript
+    empty = lines[1].split()[0]
+    lines[1] = empty  # the utterance id alone: an empty transcript
     (data / "text").write_text("\n".join(lines) + "\n")
-    with pytest.raises(SystemExit):
-        train(tmp_path, tiny_llm, data, trained / "stats", tmp_path / "exp", "pretrain")
-    err = capfd.readouterr().err.strip().splitlines()[-1]
-    assert err == f"alignchat_train: error: {lines[1]}: the text is empty"
+    wavs = (data / "wav.scp").read_text().splitlines()
+    unreadable = wavs[2].split()[0]
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    wavs[2] = f"{unreadable} {tmp_path / 'broken.wav'}"
+    (data / "wav.scp").write_text("\n".join(wavs) + "\n")
+    exp = tmp_path / "exp"
+    train(tmp_path, tiny_llm, data, trained / "stats", exp, "pretrain")
+    assert (exp / "1epoch.pth").is_file()
+    skipped = read_kaldi_map(exp / "skipped_train")
+    assert sorted(skipped) == sorted([empty, unreadable])
+    assert "text is empty" in skipped[empty]
+    assert f"{unreadable}: cannot be loaded" in caplog.text
+    assert "2 train utterances could not be loaded and were skipped" in caplog.text
 
 
 @pytest.mark.parametrize("entry", ["alignchat_train", "alignchat_inference"])

@@ -18,7 +18,10 @@ and feature statistics without reading the LLM's weights. All of ESPnet's traine
 (``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them. Token
 ids (``text_int`` data) made by another LLM's tokenizer than ``--llm``'s are refused before
 training starts (``token_ids.json``, `espnet_alignchat.provenance`). ``--ngpu N`` on one node
-trains with DDP, one process per GPU (`one_process_per_gpu`).
+trains with DDP, one process per GPU (`one_process_per_gpu`). An utterance that cannot be
+loaded (an unreadable file, NaN samples, an empty transcript) is reported, listed in
+``<output_dir>/skipped_{train,valid}`` and replaced in its batch by the next one
+(`espnet_alignchat.dataset`); the run ends with their count.
 """
 
 import argparse
@@ -30,6 +33,7 @@ from typing import List, Optional
 from espnet2.train.distributed_utils import get_world_size
 
 from espnet_alignchat.cli import exit_on_user_error
+from espnet_alignchat.dataset import read_skipped
 from espnet_alignchat.llm import load_tokenizer
 from espnet_alignchat.provenance import check_record
 from espnet_alignchat.task import AlignChatTask
@@ -68,12 +72,26 @@ def one_process_per_gpu(args: argparse.Namespace, cmd: List[str]) -> List[str]:
     return cmd
 
 
+def report_skipped(output_dir: Path) -> None:
+    """Say how many utterances could not be loaded and were skipped (`SkippingDataset`)."""
+    for split in ("train", "valid"):
+        report = output_dir / f"skipped_{split}"
+        skipped = read_skipped(report)
+        if skipped:
+            logging.warning(
+                f"{len(skipped)} {split} utterances could not be loaded and were skipped "
+                f"(listed with the reason in {report})"
+            )
+
+
 def main(cmd: Optional[List[str]] = None) -> None:
     cmd = list(sys.argv[1:] if cmd is None else cmd)
     with exit_on_user_error("alignchat_train"):
         args = get_parser().parse_args(cmd)
         check_token_ids(args)
         AlignChatTask.main(cmd=one_process_per_gpu(args, cmd))
+        if args.output_dir is not None and not args.collect_stats:
+            report_skipped(Path(args.output_dir))
 
 
 if __name__ == "__main__":

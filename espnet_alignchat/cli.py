@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from espnet2.utils.types import str2bool, str_or_none
 
@@ -93,11 +93,16 @@ def generation_options(args: argparse.Namespace) -> Dict[str, Any]:
     return {name: getattr(args, name) for name in (*names, "repetition_penalty")}
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The user commands' model (``--model``, a dir or a packed file), its LLM, the device
-    and the speech tokenizer's decoding."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, default_model: Optional[str] = None
+) -> None:
+    """The user commands' model (``--model``, a dir or a packed file; required unless
+    `default_model`), its LLM, the device and the speech tokenizer's decoding."""
     parser.add_argument(
-        "--model", required=True, help="a model dir or a file written by pack"
+        "--model",
+        required=default_model is None,
+        default=default_model,
+        help="a model dir or a file written by pack",
     )
     parser.add_argument(
         "--model_file", default=None, help="checkpoint of a model dir (default: best)"

@@ -144,10 +144,21 @@ def test_help_lists_the_commands_and_the_console_script_exists(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert all(name in usage for name in ("chat", "pack", "inspect"))
+    assert all(name in usage for name in ("chat", "pack", "inspect", "demo"))
     setup = (Path(__file__).parents[1] / "setup.py").read_text()
     module, function = re.search(r'"espnet-alignchat=([\w.]+):(\w+)"', setup).groups()
     assert getattr(importlib.import_module(module), function) is main
+
+
+def test_the_demo_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` fails
+    monkeypatch.delitem(sys.modules, "espnet_alignchat.demo", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--model", "exp/nowhere"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("espnet-alignchat demo: error: the demo needs Gradio")
+    assert error.endswith('pip install -e ".[demo]"') and "\n" not in error
 
 
 def test_the_alignment_has_a_row_per_token_after_whispers_two_token_start(tiny_llm):

@@ -17,7 +17,7 @@ the data dir, `repeats` times, each question on a page just reset:
 The speech times include what the typed one does not: the audio's way to the server and the
 speech tokenizer. Printed: a Markdown table, one row per utterance (medians over the
 repeats), and the medians over all rows with the ratios to typed. ``--screenshot`` saves the
-page after it answered the first utterance, uploaded.
+page after it answered one of them (``--screenshot_utt``, default the first), uploaded.
 """
 
 import argparse
@@ -51,6 +51,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record_margin", type=float, default=0.3, help="seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
     parser.add_argument("--screenshot", type=Path, default=None, help="a .png")
+    parser.add_argument(
+        "--screenshot_utt", default=None, help="the utterance it shows (default: first)"
+    )
     return parser
 
 
@@ -109,8 +112,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|" + "---|" * len(MODES))
     medians: Dict[str, List[float]] = {mode: [] for mode in MODES}
+    keys = list(wavs)[: args.num_utts]
+    first = keys[0]
     with tempfile.TemporaryDirectory() as folder:
-        for index, key in enumerate(list(wavs)[: args.num_utts]):
+        for key in keys:
             samples, rate = read_audio(wavs[key])
             wav = Path(folder) / f"{key}.wav"  # what the fake microphone plays
             soundfile.write(wav, samples, rate)
@@ -124,7 +129,9 @@ def main() -> None:
                     ]
                     medians[mode].append(statistics.median(seconds))
                     heard[mode] = page.heard()
-                if args.screenshot is not None and index == 0:
+                if args.screenshot is not None and key == (
+                    args.screenshot_utt or first
+                ):
                     page.reset()
                     page.upload(wav)
                     page.wait_until_answered(1, timeout=300)

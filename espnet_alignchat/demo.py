@@ -193,10 +193,11 @@ def build_demo(
                 scale=2,
                 height=420,
             )
-        alignment = gr.Plot(
-            label="Which stretch of audio each LLM token came from (the latest speech)",
-            elem_id="alignment",
+        gr.Markdown(
+            "**Which stretch of audio each LLM token came from** (the latest speech: "
+            "the decoder's cross-attention, one row per token)"
         )
+        alignment = gr.Plot(show_label=False, elem_id="alignment")
         outputs = [speech_chat, text_chat, heard, alignment, message, text]
         # One model, two cores or one GPU: the page's turns take it one at a time.
         turn = dict(outputs=outputs, concurrency_id="model", concurrency_limit=1)

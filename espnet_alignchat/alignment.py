@@ -159,7 +159,7 @@ def alignment_figure(report: AlignmentReport, max_labels: int = 60) -> Figure:
     heads and scaled to its strongest frames, over the seconds of audio its encoder frames
     cover.
     """
-    layers, steps, frames = report.attention.shape
+    steps = report.attention.shape[1]
     seconds = len(report.waveform) / report.sample_rate
     weights = report.attention.mean(0)
     # Scaled by a high quantile, not the peak: a frame that every step attends to (an

@@ -1,7 +1,7 @@
 """A web page to talk to a trained model: speak, upload a file or type (Gradio).
 
     chat = Speech2Chat.from_pretrained("exp/train_instruct_real", output_mode="snap")
-    build_demo(chat).launch()           # http://127.0.0.1:7860
+    launch(build_demo(chat))            # http://127.0.0.1:7860, until interrupted
 
 A question spoken into the microphone or uploaded is answered as soon as the recording stops
 or the file arrives. The page shows, side by side, the LLM's answer to the speech (streamed
@@ -24,6 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from espnet_alignchat.alignment import alignment_figure, inspect_alignment  # noqa: E402
 from espnet_alignchat.cli import USER_ERRORS, one_line  # noqa: E402
@@ -48,7 +49,7 @@ class Conversations:
 def update(
     conversations: Optional[Conversations] = None,
     heard: Optional[str] = None,
-    figure: Any = None,
+    figure: Optional[Figure] = None,
     message: Optional[str] = None,
     clear_text: bool = False,
 ) -> Tuple:
@@ -86,7 +87,7 @@ class Demo:
 
     def session(self, conversations: Conversations, which: int) -> ChatSession:
         session = ChatSession(self.chat, self.max_seconds, **self.options)
-        session.history = conversations.histories[which]
+        session.history = conversations.histories[which]  # it extends this very list
         return session
 
     def speech_turn(
@@ -108,8 +109,7 @@ class Demo:
             conversations, SPOKEN, message, f"(speech) {heard}", heard
         )
         yield update(figure=self.figure(waveform))
-        typed = self.session(conversations, TYPED).typed(heard)
-        yield from self.answer(conversations, TYPED, typed, heard)
+        yield from self.answer(conversations, TYPED, ChatSession.typed(heard), heard)
 
     def text_turn(self, text: str, conversations: Conversations) -> Iterator[Tuple]:
         """Answer typed text in both conversations."""
@@ -138,7 +138,7 @@ class Demo:
             answer["content"] += piece
             yield update(conversations)
 
-    def figure(self, waveform: np.ndarray):
+    def figure(self, waveform: np.ndarray) -> Figure:
         return alignment_figure(inspect_alignment(self.chat, waveform))
 
 

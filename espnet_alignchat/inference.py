@@ -4,19 +4,22 @@
 
     chat = Speech2Chat.from_pretrained("exp/train_instruct")  # or a packed "model.zip"
     chat("question.wav")                    # the frozen LLM's answer to the speech
-    chat.transcribe("question.wav")         # what the speech tokenizer heard
     chat(["a.flac", (samples, 8000), tensor_at_16k])  # a batch: a list of answers
-    history = [{"role": "user", "speech": "a.wav"}, {"role": "assistant", "content": "five"}]
-    chat("b.wav", history=history)          # a multi-turn conversation
-    for piece in chat.stream_reply([{"role": "user", "speech": "a.wav"}]):
+    chat([{"role": "user", "speech": "a.wav"}, {"role": "assistant", "content": "five"},
+          {"role": "user", "content": "and times two?"}])  # a conversation
+    for piece in chat.stream("question.wav"):
         print(piece, end="", flush=True)    # the answer as the LLM writes it
+    chat.transcribe("question.wav")         # what the speech tokenizer heard, as text
+    chat.tokenize("question.wav")           # the same as LLM token ids and vectors
 
 Speech is a file path (any format soundfile reads, at any sample rate), ``(samples, rate)``,
 a ``{"array": samples, "sampling_rate": rate}`` dict (Hugging Face datasets < 4, VoiceBench),
-a torchcodec ``AudioDecoder`` (what datasets >= 4 gives for an Audio column), or samples
-(numpy or torch) at the model's `sample_rate`; a ``list`` of these is a batch.
-A conversation is a list of messages: ``{"role": "user", "speech": ...}``,
-``{"role": "user", "content": "typed text"}`` and ``{"role": "assistant", "content": ...}``.
+a torchcodec ``AudioDecoder`` (what datasets >= 4 gives for an Audio column), samples
+(numpy or torch) at the model's `sample_rate`, or a `Hypothesis` that `tokenize` returned
+(speech decoded once, answered later); a ``list`` of these is a batch.
+A conversation is a list of messages, as in transformers' chat pipelines:
+``{"role": "user", "speech": ...}``, ``{"role": "user", "content": "typed text"}`` and
+``{"role": "assistant", "content": ...}``; it ends with a user turn.
 """
 
 import argparse
@@ -47,9 +50,9 @@ from espnet_alignchat.task import AlignChatTask
 # A path, (samples, rate), {"array", "sampling_rate"}, an AudioDecoder, samples, or a
 # decoded Hypothesis.
 Speech = Any
-Message = Dict[
-    str, Any
-]  # {"role": ..., "content": text} or {"role": "user", "speech": ...}
+# {"role": ..., "content": text} or {"role": "user", "speech": ...}
+Message = Dict[str, Any]
+Conversation = List[Message]
 
 
 def load_model(
@@ -126,13 +129,37 @@ def _stripped(pieces: Iterable[str]) -> Iterator[str]:
             yield body
 
 
+def is_conversation(inputs: Any) -> bool:
+    """Whether `inputs` is one conversation (a list of messages) rather than speech."""
+    return (
+        isinstance(inputs, list)
+        and bool(inputs)
+        and isinstance(inputs[0], dict)
+        and "role" in inputs[0]
+    )
+
+
+def as_conversation(inputs: Union[Speech, Conversation]) -> Conversation:
+    """A conversation as it is; speech as the one user turn of a new conversation."""
+    return inputs if is_conversation(inputs) else [{"role": "user", "speech": inputs}]
+
+
 class Speech2Chat:
     """Speech in, transcript and the frozen LLM's answer out; batched and multi-turn.
+
+    One way to do each thing (the README's table):
+
+    ``chat(inputs)``            the LLM's answer: `inputs` is speech or a conversation, or a
+                                list of these (a batch: a list of answers, in order)
+    ``chat.stream(inputs)``     the same answer for one speech or conversation, piece by piece
+    ``chat.transcribe(speech)`` what the speech tokenizer heard, as text
+    ``chat.tokenize(speech)``   the same as a `Hypothesis`: LLM token ids and the vectors the
+                                LLM reads (pass it back as speech to answer it)
 
     Args:
         model: a trained `AlignChatModel` (see `from_pretrained`).
         beam_size, maxlenratio, max_tokens, length_bonus, output_mode: the speech tokenizer's
-            decoding (`AlignChatModel.transcribe`).
+            decoding (`AlignChatModel.tokenize`).
         system_prompt: the LLM's system message (default: the one the model was trained with).
         generation: default options of `FrozenLLM.generate_ids` (``max_new_tokens``, ...).
     """
@@ -198,11 +225,11 @@ class Speech2Chat:
         return getattr(frontend, "fs", 16000) if frontend is not None else 16000
 
     # -- the speech tokenizer ----------------------------------------------------------------
-    def hypotheses(self, speech: Union[Speech, List[Speech]]) -> List[Hypothesis]:
-        """Decode speech (one or a list) into LLM token ids and their vectors, as a batch.
-
-        Hypotheses given in place of speech are passed through.
-        """
+    def tokenize(
+        self, speech: Union[Speech, List[Speech]]
+    ) -> Union[Hypothesis, List[Hypothesis]]:
+        """LLM token ids and their vectors for speech (a list for a list, decoded as one
+        batch). Hypotheses given in place of speech are passed through."""
         items = speech if isinstance(speech, list) else [speech]
         results = list(items)
         todo = [i for i, item in enumerate(items) if not isinstance(item, Hypothesis)]
@@ -212,82 +239,61 @@ class Speech2Chat:
         if waveforms:
             for i, hypothesis in zip(todo, self._decode(waveforms)):
                 results[i] = hypothesis
-        return results
+        return results if isinstance(speech, list) else results[0]
 
     def _decode(self, waveforms: Sequence[np.ndarray]) -> List[Hypothesis]:
         lengths = torch.tensor([len(samples) for samples in waveforms])
         batch = torch.zeros(len(waveforms), int(lengths.max()))
         for row, samples in enumerate(waveforms):
             batch[row, : len(samples)] = torch.from_numpy(samples)
-        return self.model.transcribe(
+        return self.model.tokenize(
             batch.to(self.device), lengths.to(self.device), **self.decoding
         )
 
     def transcribe(self, speech: Union[Speech, List[Speech]]) -> Union[str, List[str]]:
         """What the speech tokenizer heard, as text (a list for a list)."""
-        texts = [self.llm.decode(h.token_ids) for h in self.hypotheses(speech)]
+        hypotheses = self.tokenize(speech if isinstance(speech, list) else [speech])
+        texts = [self.llm.decode(h.token_ids) for h in hypotheses]
         return texts if isinstance(speech, list) else texts[0]
 
     # -- answers -----------------------------------------------------------------------------
     def __call__(
         self,
-        speech: Union[Speech, List[Speech]],
-        history: Optional[Sequence] = None,
+        inputs: Union[Speech, Conversation, List[Union[Speech, Conversation]]],
         system: Optional[str] = None,
         history_as_text: bool = False,
         **generation,
     ) -> Union[str, List[str]]:
-        """The LLM's answer to the speech (a list of answers for a list of speech).
+        """The LLM's answer to speech or to a conversation; a list of answers for a list.
 
-        `history`: the conversation before (a list of messages; for a batch, one such list per
-        utterance). `system` replaces the system prompt (``""``: none). Earlier speech turns
-        reach the LLM as their speech vectors, or as their transcripts if `history_as_text`.
-        `generation`: options of `FrozenLLM.generate_ids` for this call.
+        A conversation's speech turns reach the LLM as their speech vectors; with
+        `history_as_text` those before the last turn reach it as their transcripts. `system`
+        replaces the system prompt (``""``: none). `generation`: options of
+        `FrozenLLM.generate_ids` for this call. All the speech of a call is decoded as one
+        batch, and all the prompts are answered as one batch.
         """
-        batch = isinstance(speech, list)
-        items = speech if batch else [speech]
-        if not batch:
-            histories = [history or []]
-        elif history is None:
-            histories = [[] for _ in items]
-        else:
-            histories = list(history)
-        if len(histories) != len(items):
-            raise PromptError(
-                f"{len(items)} utterances but {len(histories)} histories: give one per "
-                "utterance"
-            )
+        batch = isinstance(inputs, list) and not is_conversation(inputs)
         conversations = [
-            [*past, {"role": "user", "speech": item}]
-            for past, item in zip(histories, items)
+            as_conversation(item) for item in (inputs if batch else [inputs])
         ]
-        answers = self.reply(conversations, system, history_as_text, **generation)
-        return answers if batch else answers[0]
-
-    def reply(
-        self,
-        conversations: Sequence[Sequence[Message]],
-        system: Optional[str] = None,
-        history_as_text: bool = False,
-        **generation,
-    ) -> List[str]:
-        """The LLM's next answer in each conversation (a batch), which ends with a user turn."""
+        if not conversations:
+            return []
         prompts = self._prompts(conversations, system, history_as_text)
         options = {**self.generation, **generation}
-        return self.llm.generate(self.llm.build_inputs(prompts), **options)
+        answers = self.llm.generate(self.llm.build_inputs(prompts), **options)
+        return answers if batch else answers[0]
 
-    def stream_reply(
+    def stream(
         self,
-        conversation: Sequence[Message],
+        inputs: Union[Speech, Conversation],
         system: Optional[str] = None,
         history_as_text: bool = False,
         **generation,
     ) -> Iterator[str]:
-        """`reply` to one conversation, as pieces of text while the LLM generates them.
-
-        Joined, the pieces are the answer `reply` gives.
+        """The answer to one speech or conversation, as pieces of text while the LLM writes
+        them; joined, the pieces are the answer the call gives. Options as the call's.
         """
-        prompts = self._prompts([conversation], system, history_as_text)
+        prompts = self._prompts([as_conversation(inputs)], system, history_as_text)
         streamer = TextIteratorStreamer(
             self.llm.tokenizer, skip_prompt=True, skip_special_tokens=True
         )
@@ -311,36 +317,15 @@ class Speech2Chat:
         if failures:
             raise failures[0]
 
-    def respond(self, hypotheses: Sequence[Hypothesis], **generation) -> List[str]:
-        """The LLM's answers with each utterance's speech as the only user turn."""
-        conversations = [[{"role": "user", "speech": h}] for h in hypotheses]
-        return self.reply(conversations, **generation)
-
-    def respond_to_text(self, texts: Sequence[str], **generation) -> List[str]:
-        """The LLM's answers to the same prompts with the text in place of the speech.
-
-        The text goes where the speech goes (inside the model's user template): the
-        text-conditioned reference of `respond`.
-        """
-        template = self.model.user_template
-        prompts = [
-            self.llm.conversation_prompt(
-                [Turn("user", self.llm.tokenize(text))], self.system_prompt, template
-            )
-            for text in texts
-        ]
-        options = {**self.generation, **generation}
-        return self.llm.generate(self.llm.build_inputs(prompts), **options)
-
     def _prompts(
         self,
-        conversations: Sequence[Sequence[Message]],
+        conversations: Sequence[Conversation],
         system: Optional[str],
         history_as_text: bool,
     ) -> List[List[PromptPiece]]:
         """The prompt pieces of each conversation; all speech is decoded as one batch."""
         speech = [m["speech"] for c in conversations for m in c if "speech" in m]
-        hypotheses = iter(self.hypotheses(speech))
+        hypotheses = iter(self.tokenize(speech))
         system = self.system_prompt if system is None else system
         prompts = []
         for conversation in conversations:

@@ -531,9 +531,10 @@ class FrozenLLM:
         The LLM's own chat template is rendered once, as text, with a numbered slot string
         for every user turn; the text is cut at the slots and tokenized piece by piece with
         ``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` tokenizes the
-        whole text. A speech turn's piece goes where `user_template` has ``{speech}`` (as in
-        training); a typed turn's text is tokenized as it is. Assistant turns are rendered by
-        the template itself. One speech turn gives ``[layout.prefix, speech, layout.suffix]``
+        whole text. Every user turn, spoken or typed, goes where `user_template` has
+        ``{speech}`` (as in training and self-generation), so a typed turn is exactly the
+        text counterpart of the same words spoken. Assistant turns are rendered by the
+        template itself. One user turn gives ``[layout.prefix, content, layout.suffix]``
         (`prompt_layout`).
 
         >>> from espnet_alignchat.testing import save_random_llm
@@ -558,14 +559,12 @@ class FrozenLLM:
             if turn.role == "assistant":
                 messages.append({"role": "assistant", "content": turn.content})
                 continue
-            slot = f"{_SLOT}_{len(users)}_"
-            if speech:
-                if user_template.count(SPEECH_PLACEHOLDER) != 1:
-                    raise PromptError(
-                        f"the user template must contain {SPEECH_PLACEHOLDER} once: "
-                        f"{user_template!r}"
-                    )
-                slot = user_template.replace(SPEECH_PLACEHOLDER, slot)
+            if user_template.count(SPEECH_PLACEHOLDER) != 1:
+                raise PromptError(
+                    f"the user template must contain {SPEECH_PLACEHOLDER} once: "
+                    f"{user_template!r}"
+                )
+            slot = user_template.replace(SPEECH_PLACEHOLDER, f"{_SLOT}_{len(users)}_")
             messages.append({"role": "user", "content": slot})
             users.append(turn.content)
         rendered = _NUMBERED_SLOT.split(self._render(messages, True))

@@ -397,7 +397,7 @@ class AlignChatModel(AbsESPnetModel):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def transcribe(
+    def tokenize(
         self,
         speech: torch.Tensor,
         speech_lengths: torch.Tensor,
@@ -407,7 +407,7 @@ class AlignChatModel(AbsESPnetModel):
         length_bonus: float = 0.0,
         output_mode: str = "continuous",
     ) -> List[Hypothesis]:
-        """Decode LLM tokens and their vectors for a batch of waveforms.
+        """The speech tokenizer: LLM tokens and their vectors for a batch of waveforms.
 
         ``output_mode`` says what each hypothesis' ``vectors`` hold for the LLM: the decoder's
         own ``z`` (``continuous``), the embeddings ``E[token]`` of the decoded ids (``snap``),

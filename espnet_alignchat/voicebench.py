@@ -82,4 +82,5 @@ class AlignChatAssistant:
         return self.chat(list(audios), max_new_tokens=limit)
 
     def generate_text_batch(self, texts: List[str]) -> List[str]:
-        return self.chat.respond_to_text(texts, max_new_tokens=self.max_new_tokens)
+        typed = [[{"role": "user", "content": text}] for text in texts]
+        return self.chat(typed, max_new_tokens=self.max_new_tokens)

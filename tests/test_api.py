@@ -1,4 +1,4 @@
-"""`Speech2Chat`: speech in any form and rate, batches, multi-turn, streaming."""
+"""`Speech2Chat`: speech in any form and rate, batches, conversations, streaming."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from espnet_alignchat.datadir import resample
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import Speech2Chat, load_speech
 from espnet_alignchat.llm import LLMMismatchError, PromptError
+from espnet_alignchat.search import Hypothesis
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,7 +42,7 @@ def test_speech_as_path_array_tensor_or_dict_at_any_rate(chat, wavs, tmp_path):
         {"array": resample(samples, rate, 22050), "sampling_rate": 22050},
         str(tmp_path / "44k.flac"),
     ]
-    hypotheses = chat.hypotheses(forms)
+    hypotheses = chat.tokenize(forms)
     assert all(h.token_ids == hypotheses[0].token_ids for h in hypotheses)
     assert torch.equal(hypotheses[1].vectors, hypotheses[0].vectors)
     transcript = chat.transcribe(wavs[0])
@@ -56,33 +57,46 @@ def test_a_batch_gives_one_answer_per_utterance_in_order(chat, wavs):
     answers = chat(wavs)
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     assert chat(wavs[::-1]) == answers[::-1]
-    assert answers == chat.respond(chat.hypotheses(wavs))
+    assert answers == chat(chat.tokenize(wavs))  # speech decoded once, answered later
+    assert chat(wavs[0]) == answers[0]
     # Utterances of one length are not padded: batched, each is decoded as alone.
-    alone, batched = chat.hypotheses(wavs[0])[0], chat.hypotheses([wavs[0]] * 3)
+    alone, batched = chat.tokenize(wavs[0]), chat.tokenize([wavs[0]] * 3)
     assert all(h.token_ids == alone.token_ids for h in batched)
     assert all(torch.allclose(h.vectors, alone.vectors, atol=1e-5) for h in batched)
 
 
-def test_history_reaches_the_llm_as_speech_or_as_transcript(chat, wavs):
-    history = [
+def test_a_conversation_mixes_speech_and_typed_turns(chat, wavs):
+    conversation = [
         {"role": "user", "speech": wavs[0]},
         {"role": "assistant", "content": "five"},
         {"role": "user", "content": "what is one plus one"},
         {"role": "assistant", "content": "two"},
+        {"role": "user", "speech": wavs[1]},
     ]
-    conversation = history + [{"role": "user", "speech": wavs[1]}]
     speech, text = (
         chat._prompts([conversation], None, as_text)[0] for as_text in (False, True)
     )
-    first, last = chat.hypotheses(wavs)  # the speech of a call is decoded as one batch
+    first, last = chat.tokenize(wavs)  # the speech of a call is decoded as one batch
     assert torch.equal(speech[1], first.vectors)  # speech vectors, or the transcript
     assert text[1] == first.token_ids
     assert torch.equal(speech[-2], last.vectors) and torch.equal(text[-2], last.vectors)
-    assert chat(wavs[1], history=history) == chat.reply([conversation])[0]
-    batch = chat(wavs, history=[history, []])
-    assert batch == [chat(wavs[0], history=history), chat(wavs[1])]
-    with pytest.raises(PromptError, match="2 utterances but 1 histories"):
-        chat(wavs, history=[history])
+    answer = chat(conversation)
+    assert isinstance(answer, str)
+    # A batch may mix conversations and speech; each answer is the one given alone.
+    assert chat([conversation, wavs[1]]) == [answer, chat(wavs[1])]
+
+
+def test_typed_words_take_the_place_of_the_same_words_spoken(chat):
+    words = "what is two plus three"
+    ids = chat.llm.tokenize(words)
+    # Speech that the tokenizer heard as exactly these tokens, read as their embeddings.
+    heard = Hypothesis(ids, chat.llm.embed(torch.tensor(ids)), 0.0, True)
+    typed = [{"role": "user", "content": words}]
+    spoken = [{"role": "user", "speech": heard}]
+    typed_prompt, spoken_prompt = chat._prompts([typed, spoken], None, False)
+    assert typed_prompt[1] == ids and spoken_prompt[1] is heard.vectors
+    assert typed_prompt[::2] == spoken_prompt[::2]  # the same template around them
+    assert chat([typed, spoken]) == [chat(typed)] * 2
 
 
 def test_streaming_gives_the_answer_piece_by_piece(chat, wavs):
@@ -91,9 +105,10 @@ def test_streaming_gives_the_answer_piece_by_piece(chat, wavs):
         {"role": "assistant", "content": "five"},
         {"role": "user", "content": "what is one plus one"},
     ]
-    pieces = list(chat.stream_reply(conversation, max_new_tokens=8))
+    pieces = list(chat.stream(conversation, max_new_tokens=8))
     assert len(pieces) > 1
-    assert "".join(pieces) == chat.reply([conversation], max_new_tokens=8)[0]
+    assert "".join(pieces) == chat(conversation, max_new_tokens=8)
+    assert "".join(chat.stream(wavs[1])) == chat(wavs[1])
 
 
 def test_bad_speech_is_named(chat, tmp_path):
@@ -105,7 +120,7 @@ def test_bad_speech_is_named(chat, tmp_path):
     with pytest.raises(InputError, match="speech 1: .* mono"):
         chat.transcribe([np.zeros(16000, dtype=np.float32), stereo])
     with pytest.raises(PromptError, match="ends with a user turn"):
-        chat.reply([[{"role": "assistant", "content": "hi"}]])
+        chat([{"role": "assistant", "content": "hi"}])
 
 
 def test_another_llm_is_refused(tiny_recipe, other_llm):

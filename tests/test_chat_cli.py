@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import tiny_model_args
 
 from espnet_alignchat.__main__ import main
-from espnet_alignchat.alignment import inspect_alignment
+from espnet_alignchat.alignment import alignment_figure, inspect_alignment
 from espnet_alignchat.inference import Speech2Chat
+from espnet_alignchat.task import AlignChatTask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -91,10 +94,10 @@ def test_an_interactive_session_is_a_conversation(chat, wavs, sessions):
         {"role": "user", "speech": wavs[0]},
         {"role": "assistant", "content": first},
     ]
-    second = chat.reply(
-        [history + [{"role": "user", "content": "what is one plus one"}]],
+    second = chat(
+        history + [{"role": "user", "content": "what is one plus one"}],
         max_new_tokens=5,
-    )[0]
+    )
     after_reset = chat(wavs[1], max_new_tokens=5)
     assert out.splitlines() == [first, second, after_reset]
     assert "error: /nowhere.wav: no such file" in err
@@ -129,6 +132,11 @@ def test_inspect_prints_token_scores_and_saves_the_heatmap(
     assert abs(report.attention.sum(-1) - 1).max() < 1e-4  # weights over frames
     free = inspect_alignment(chat, wavs[0])
     assert [row.predicted for row in free.rows[:-1]] == free.labels[:-1]
+    waveform_axes, token_axes, _ = alignment_figure(report).axes  # and a colour bar
+    assert token_axes.get_xlim() == (0.0, len(report.waveform) / chat.sample_rate)
+    assert [tick.get_text() for tick in token_axes.get_yticklabels()] == [
+        repr(label) for label in report.labels
+    ]
 
 
 def test_help_lists_the_commands_and_the_console_script_exists(capsys):
@@ -136,7 +144,32 @@ def test_help_lists_the_commands_and_the_console_script_exists(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert all(name in usage for name in ("chat", "pack", "inspect"))
+    assert all(name in usage for name in ("chat", "pack", "inspect", "demo"))
     setup = (Path(__file__).parents[1] / "setup.py").read_text()
     module, function = re.search(r'"espnet-alignchat=([\w.]+):(\w+)"', setup).groups()
     assert getattr(importlib.import_module(module), function) is main
+
+
+def test_the_demo_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` fails
+    monkeypatch.delitem(sys.modules, "espnet_alignchat.demo", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--model", "exp/nowhere"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("espnet-alignchat demo: error: the demo needs Gradio")
+    assert error.endswith('pip install -e ".[demo]"') and "\n" not in error
+
+
+def test_the_alignment_has_a_row_per_token_after_whispers_two_token_start(tiny_llm):
+    """A ``whisper``-vocabulary decoder starts from two start vectors, not one: the report
+    keeps the rows of the steps that emit tokens."""
+    args = tiny_model_args(tiny_llm)
+    args.decoder_conf["vocabulary"] = "whisper"
+    model = AlignChatTask.build_model(args).eval()
+    assert model.decoder.prefix_length == 2
+    chat = Speech2Chat(model, max_tokens=4)
+    speech = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    report = inspect_alignment(chat, speech, "what is two plus three")
+    assert report.attention.shape[1] == len(report.labels) == 6
+    assert abs(report.attention.sum(-1) - 1).max() < 1e-4

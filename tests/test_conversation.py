@@ -31,6 +31,11 @@ def test_one_turn_is_the_single_turn_layout(llm, system, template):
     transcript = llm.tokenize("what is two plus three")
     ids = llm.conversation_prompt([Turn("user", transcript)], system, template)
     assert ids == [layout.prefix, transcript, layout.suffix]
+    # Typed, the same words take the same place in the template.
+    typed = llm.conversation_prompt(
+        [Turn("user", "what is two plus three")], system, template
+    )
+    assert typed == ids
 
 
 def test_a_conversation_is_the_chat_template_with_speech_for_words(llm, tiny_llm):

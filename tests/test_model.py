@@ -185,8 +185,8 @@ def test_output_modes(tiny_llm, batch):
     model = build(tiny_llm).eval()
     model.end_token_id = -1  # never ends: every hypothesis runs to its limit
     speech, lengths = batch["speech"], batch["speech_lengths"]
-    continuous = model.transcribe(speech, lengths, max_tokens=6)
-    snapped = model.transcribe(speech, lengths, max_tokens=6, output_mode="snap")
+    continuous = model.tokenize(speech, lengths, max_tokens=6)
+    snapped = model.tokenize(speech, lengths, max_tokens=6, output_mode="snap")
     for c, s in zip(continuous, snapped):
         assert c.token_ids == s.token_ids and len(s.token_ids) == 6
         assert torch.equal(s.vectors, model.llm.embed(torch.tensor(s.token_ids)))
@@ -199,8 +199,8 @@ def test_expected_vectors_weight_the_embeddings_by_the_decoder_s_probabilities(
     model = build(tiny_llm).eval()
     model.end_token_id = -1  # never ends: every hypothesis runs to its limit
     speech, lengths = batch["speech"], batch["speech_lengths"]
-    greedy = model.transcribe(speech, lengths, max_tokens=5)
-    expected = model.transcribe(speech, lengths, max_tokens=5, output_mode="expected")
+    greedy = model.tokenize(speech, lengths, max_tokens=5)
+    expected = model.tokenize(speech, lengths, max_tokens=5, output_mode="expected")
     memory, memory_lengths = model.encode(speech, lengths)
     embeddings = model.llm.embeddings
     # What the search saw, step by step: the probabilities at each step, times E.

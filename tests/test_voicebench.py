@@ -36,7 +36,8 @@ def test_the_assistant_answers_audio_dicts_and_text(assistant, tiny_recipe):
     assert answer == assistant.chat((samples, rate), max_new_tokens=6)
     question = "what is two plus three"
     text = assistant.generate_text(question)
-    assert text == assistant.chat.respond_to_text([question], max_new_tokens=6)[0]
+    typed = [{"role": "user", "content": question}]
+    assert text == assistant.chat(typed, max_new_tokens=6)
     assert assistant.generate_ttft(audio) > 0
 
 

@@ -86,9 +86,8 @@ def answer_text(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: i
     responses: Dict[str, str] = {}
     with tqdm(total=len(keys), unit="utt", desc="answering text") as progress:
         for batch in batches(keys, batch_size):
-            responses.update(
-                zip(batch, chat.respond_to_text([texts[k] for k in batch]))
-            )
+            typed = [[{"role": "user", "content": texts[k]}] for k in batch]
+            responses.update(zip(batch, chat(typed)))
             progress.update(len(batch))
     return {}, responses, {key: f"{key}: no line in text" for key in missing}
 
@@ -111,8 +110,8 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
                     logging.warning(f"{problem} (skipped)")
                     skipped[key] = problem
             if loaded:
-                hypotheses = chat.hypotheses([speech for _, speech in loaded])
-                answers = chat.respond(hypotheses)
+                hypotheses = chat.tokenize([speech for _, speech in loaded])
+                answers = chat(hypotheses)
                 for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
                     transcripts[key] = chat.llm.decode(hypothesis.token_ids)
                     responses[key] = answer

@@ -15,7 +15,7 @@ from pathlib import Path
 from espnet2.utils.types import str_or_none
 
 from espnet_alignchat.alignment import format_report, inspect_alignment, save_heatmap
-from espnet_alignchat.bin.chat import add_model_arguments, load_chat
+from espnet_alignchat.cli import add_model_arguments, load_chat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -176,14 +176,15 @@ class Answerer:
         """(transcripts, answers) of one batch."""
         speech = [subset.speech[i] for i in batch]
         if system == "speech":
-            hypotheses = self.chat.hypotheses(speech)
+            hypotheses = self.chat.tokenize(speech)
             said = [self.chat.llm.decode(h.token_ids) for h in hypotheses]
-            return said, self.chat.respond(hypotheses, max_new_tokens=limit)
+            return said, self.chat(hypotheses, max_new_tokens=limit)
         if system == "text":
             said = [subset.items[i].fields["prompt"] for i in batch]
         else:
             said = self.asr(speech)
-        return said, self.chat.respond_to_text(said, max_new_tokens=limit)
+        typed = [[{"role": "user", "content": text}] for text in said]
+        return said, self.chat(typed, max_new_tokens=limit)
 
 
 def score(subset: Subset, checker: Optional[IFEvalChecker]) -> Dict[str, Dict]:

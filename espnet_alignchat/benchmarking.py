@@ -161,7 +161,7 @@ def transcribe(
         batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
         device = next(model.parameters()).device
         with torch.no_grad():
-            decoded = model.transcribe(batch.to(device), lengths.to(device), **decoding)
+            decoded = model.tokenize(batch.to(device), lengths.to(device), **decoding)
         for i, hypothesis in zip(rows, decoded):
             hypotheses[i] = hypothesis
     return hypotheses

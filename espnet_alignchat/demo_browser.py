@@ -5,8 +5,8 @@
         page.wait_until_answered(1)
         print(page.answers("speech-chat"), page.heard())
 
-The browser test, the README's screenshot (``benchmarks/demo_screenshot.py``) and the
-first-token measurement (``benchmarks/demo_first_token.py``) use it. It needs Selenium (the
+The browser test, and the README's screenshot and the first-token measurement
+(``benchmarks/demo_first_token.py``, ``--screenshot``) use it. It needs Selenium (the
 ``test`` extra) and Debian's ``chromium`` and ``chromium-driver``; Selenium never downloads
 a browser or a driver here. Every host but the page's own resolves to nothing, so a page that
 needed the internet would show it (`outside_requests`). The microphone is Chromium's fake

@@ -121,8 +121,8 @@ def measure_latency(args, model, utterances, decoding) -> Dict[str, Any]:
         paths["cascade"] = lambda u: lambda: text_prompt(model, asr([u.samples])[0])
     figures = {}
     for name, prompt_of in paths.items():
-        warm = streamed_answer(llm, prompt_of(utterances[0]), args.max_new_tokens)
-        del warm  # the first call loads and allocates
+        # Warm-up: the first call of each path loads and allocates.
+        streamed_answer(llm, prompt_of(utterances[0]), args.max_new_tokens)
         runs = [
             streamed_answer(llm, prompt_of(u), args.max_new_tokens)
             for u in tqdm(utterances, desc=f"latency ({name})", unit="utt")
@@ -226,8 +226,9 @@ def run_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_training(args, llm_path: str, cached_possible: bool) -> Dict[str, Any]:
-    base = dict(
+def worker_spec(args, llm_path: str, **options) -> Dict[str, Any]:
+    """What `training_worker` measures: the model's config on `--train_dir`'s batch."""
+    spec = dict(
         model_dir=str(args.model_dir.absolute()),
         llm=args.llm,
         tokenizer=llm_path,
@@ -237,12 +238,17 @@ def measure_training(args, llm_path: str, cached_possible: bool) -> Dict[str, An
         ngpu=args.ngpu,
         full_llm=False,
     )
+    return {**spec, **options}
+
+
+def measure_training(args, llm_path: str, cached_possible: bool) -> Dict[str, Any]:
     figures: Dict[str, Any] = {}
     for mode in ("pretrain", "instruct"):
         for cached in (True, False) if cached_possible else (False,):
             name = f"{mode}_{'cached' if cached else 'waveform'}"
             logging.info(f"training: {name}")
-            figures[name] = run_worker(dict(base, mode=mode, cached=cached))
+            spec = worker_spec(args, llm_path, mode=mode, cached=cached)
+            figures[name] = run_worker(spec)
     if cached_possible:
         figures["pretrain_cached_speedup"] = (
             figures["pretrain_waveform"]["step_seconds"]
@@ -266,14 +272,10 @@ def measure_depth(args, llm_path: str, cached_possible: bool) -> Dict[str, Any]:
                 vocab_size=shape.vocab_size,
             )
             for full in (False, True):
-                spec = dict(
-                    model_dir=str(args.model_dir.absolute()),
+                spec = worker_spec(
+                    args,
+                    llm_path,
                     llm=str(random_llm),
-                    tokenizer=llm_path,
-                    train_dir=str(args.train_dir.absolute()),
-                    batch=args.train_batch,
-                    steps=args.train_steps,
-                    ngpu=args.ngpu,
                     mode="pretrain",
                     cached=cached_possible,
                     full_llm=full,

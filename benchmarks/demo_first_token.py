@@ -21,7 +21,6 @@ page after it answered one of them (``--screenshot_utt``, default the first), up
 """
 
 import argparse
-import socket
 import statistics
 import tempfile
 import time
@@ -31,8 +30,8 @@ from typing import Dict, List
 import soundfile
 import torch
 
-from espnet_alignchat.datadir import read_audio
-from espnet_alignchat.demo import build_demo
+from espnet_alignchat.datadir import read_audio, read_kaldi_map
+from espnet_alignchat.demo import build_demo, serve_in_background
 from espnet_alignchat.demo_browser import DemoPage
 from espnet_alignchat.inference import Speech2Chat
 
@@ -55,27 +54,6 @@ def get_parser() -> argparse.ArgumentParser:
         "--screenshot_utt", default=None, help="the utterance it shows (default: first)"
     )
     return parser
-
-
-def read_map(path: Path) -> Dict[str, str]:
-    pairs = (line.rstrip("\n").split(maxsplit=1) for line in path.open())
-    return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
-
-
-def serve(chat: Speech2Chat, max_new_tokens: int) -> str:
-    """The demo on a free local port, in this process; its address."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    page = build_demo(chat, max_new_tokens=max_new_tokens)
-    page.queue().launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        ssr_mode=False,
-        quiet=True,
-    )
-    return f"http://127.0.0.1:{port}"
 
 
 def first_token(
@@ -103,8 +81,8 @@ def main() -> None:
         args.model, llm=args.llm, device="cpu", output_mode=args.output_mode
     )
     chat.llm.model  # loaded before the first question
-    url = serve(chat, args.max_new_tokens)
-    wavs, texts = (read_map(args.data_dir / name) for name in ("wav.scp", "text"))
+    url = serve_in_background(build_demo(chat, max_new_tokens=args.max_new_tokens))
+    wavs, texts = (read_kaldi_map(args.data_dir / name) for name in ("wav.scp", "text"))
     print(
         "| utterance | audio s | said | heard (uploaded) | heard (recorded) | "
         + " | ".join(f"{mode} s" for mode in MODES)

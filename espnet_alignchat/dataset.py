@@ -20,7 +20,8 @@ from espnet_alignchat.errors import InputError
 
 def _reason(error: BaseException) -> str:
     """The error's last message line (loaders wrap causes in multi-line messages); as
-    `cli.one_line`, which this module cannot import (cli imports the task, the task this)."""
+    `cli.one_line`, which this module cannot import (cli imports the task, the task this).
+    """
     text = str(error).strip()
     return text.splitlines()[-1] if text else type(error).__name__
 

@@ -16,6 +16,7 @@ page loads nothing from outside its server (fonts included): it works offline.
 """
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -225,3 +226,19 @@ def build_demo(
 def launch(page: gr.Blocks, host: str = "127.0.0.1", port: Optional[int] = None):
     """Serve the page until interrupted (`port` None: Gradio's 7860, or the next free)."""
     page.queue().launch(server_name=host, server_port=port, ssr_mode=False)
+
+
+def serve_in_background(page: gr.Blocks, host: str = "127.0.0.1") -> str:
+    """Serve the page on a free port from a background thread (for the browser test and
+    measurements; `page.close()` stops it); its address."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    page.queue().launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        ssr_mode=False,
+        quiet=True,
+    )
+    return f"http://{host}:{port}"

@@ -1,7 +1,6 @@
 """The demo in a real browser: headless Chromium uploads, records from its fake microphone and
 types, and the page must show what `Speech2Chat` answers for the same audio and text."""
 
-import socket
 import time
 from typing import Iterator
 
@@ -38,26 +37,12 @@ def question(tiny_recipe) -> str:
     return str(tiny_recipe / "data/wav/spk1_utt0.wav")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(chat) -> Iterator[str]:
-    from espnet_alignchat.demo import build_demo
+    from espnet_alignchat.demo import build_demo, serve_in_background
 
     page = build_demo(chat, max_seconds=MAX_SECONDS)
-    port = free_port()
-    page.queue().launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        ssr_mode=False,
-        quiet=True,
-    )
-    yield f"http://127.0.0.1:{port}"
+    yield serve_in_background(page)
     page.close()
 
 

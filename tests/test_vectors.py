@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model_args
-from test_model import batch, build  # noqa: F401 (batch: a fixture)
+from conftest import build, tiny_model_args
 
 import espnet_alignchat.model
 from espnet_alignchat.encoders import ConfigError

@@ -55,7 +55,7 @@ def vocabulary_temperature(vocab_size: int, confidence: float = 0.99) -> float:
     nearly are), gets the probability ``e^{1/τ} / (e^{1/τ} + V - 1)``; this is the τ at which
     that probability is `confidence`: ``1/τ = ln((V - 1) · c / (1 - c))``. A fixed τ = 0.1
     caps it at 0.31 for 49,152 rows but allows 0.99 for the mini LLM's 180 (τ = 0.102 here),
-    so τ must fall as the vocabulary grows: 0.065 for 49,152 rows, 0.060 for 152,064.
+    so τ must fall as the vocabulary grows: 0.065 for 49,152 rows, 0.0605 for 152,064.
     """
     return 1.0 / math.log((vocab_size - 1) * confidence / (1 - confidence))
 

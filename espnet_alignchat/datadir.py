@@ -3,9 +3,14 @@
 Every utterance is read on its own, so one unreadable file is reported and skipped by the caller
 instead of stopping a whole set. ``wav.scp`` entries may be a path in any format soundfile reads,
 a Kaldi ark offset (``foo.ark:123``) or a command ending in ``|`` whose output is audio.
+The text files are read line by line as corpora hold them (CRLF line ends, a UTF-8 byte-order
+mark, ids in any order); a line that is not UTF-8 or repeats an id is left out and named, so
+one such line costs one utterance (or nothing, for a repeat), never the set.
 """
 
+import codecs
 import io
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -21,18 +26,45 @@ from espnet_alignchat.errors import InputError
 from espnet_alignchat.preprocessor import check_speech
 
 
-def read_kaldi_map(path: Path) -> Dict[str, str]:
-    """``<key> <value>`` lines → dict, in file order; an empty value is allowed."""
+def read_kaldi_map(
+    path: Path, left_out: Optional[Dict[str, str]] = None
+) -> Dict[str, str]:
+    """``<key> <value>`` lines → dict, in file order; an empty value is allowed.
+
+    Lines may end in CRLF and the file may start with a UTF-8 byte-order mark. A line that is
+    not UTF-8, or repeats a key (the first line is kept), is left out: with `left_out` its key
+    and the reason (naming the file and line) are put there; without, it is an `InputError`.
+    """
     entries: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            parts = line.strip().split(maxsplit=1)
-            if not parts:
+    first_lines: Dict[str, int] = {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.strip():
                 continue
-            key = parts[0]
-            if key in entries:
-                raise InputError(f"{path}:{number}: duplicate key {key}")
+            problem = None
+            try:
+                parts = raw.decode("utf-8").strip().split(maxsplit=1)
+                key = parts[0]
+                if key in entries:
+                    problem = (
+                        f"{path}:{number}: a second line for {key} (line "
+                        f"{first_lines[key]} is used)"
+                    )
+            except UnicodeDecodeError as error:
+                key = raw.split(maxsplit=1)[0].decode("utf-8", errors="replace")
+                problem = (
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at "
+                    f"column {error.start + 1})"
+                )
+            if problem is not None:
+                if left_out is None:
+                    raise InputError(problem)
+                left_out.setdefault(key, problem)
+                continue
             entries[key] = parts[1] if len(parts) > 1 else ""
+            first_lines[key] = number
     return entries
 
 
@@ -63,8 +95,40 @@ def read_audio(entry: str) -> Tuple[np.ndarray, int]:
         if samples.dtype == np.int16:
             samples = samples.astype(np.float32) / 32768
         return samples.astype(np.float32), rate
-    samples, rate = soundfile.read(entry, dtype="float32")
+    return read_audio_file(entry)
+
+
+def read_audio_file(path: str) -> Tuple[np.ndarray, int]:
+    """A file's samples; `OSError` if the file is cut short (a broken copy or download)."""
+    if wav_is_cut(path):
+        raise OSError("the file is cut short: its header declares more audio than it holds")
+    with soundfile.SoundFile(path) as f:
+        samples = f.read(dtype="float32")
+        declared, rate, format = f.frames, f.samplerate, f.format
+    # FLAC's header counts its samples; a file cut between two frames decodes without error.
+    if format == "FLAC" and len(samples) < declared:
+        raise OSError(
+            f"the file is cut short: {len(samples)} of the {declared} samples its header "
+            "declares"
+        )
     return samples, rate
+
+
+def wav_is_cut(path: str) -> bool:
+    """Whether a RIFF/WAVE file holds less than its data chunk declares: libsndfile reads such
+    a file without complaint, as if the audio ended there. A WAV written to a stream declares
+    no size (0 or 0xFFFFFFFF) and counts as whole."""
+    size_on_disk = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if header[:4] != b"RIFF" or header[8:] != b"WAVE":
+            return False
+        while len(chunk := f.read(8)) == 8:
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                return size not in (0, 0xFFFFFFFF) and f.tell() + size > size_on_disk
+            f.seek(size + size % 2, os.SEEK_CUR)  # chunks are padded to even sizes
+    return False
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -74,28 +138,78 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return torchaudio.functional.resample(waveform, rate, target_rate).numpy().T
 
 
+# How far a segment may end past its recording's end (a rounding of the corpus' times) and be
+# cut there, as Kaldi's extract-segments allows by default (--max-overshoot 0.5).
+MAX_OVERSHOOT = 0.5
+
+
+def cut_segment(
+    utt_id: str, samples: np.ndarray, rate: int, start: float, end: float
+) -> np.ndarray:
+    """The samples from `start` to `end` seconds (Kaldi's ``segments``; an end of -1 is the
+    recording's end); `InputError` for a segment that is empty or past the recording's end."""
+    duration = len(samples) / rate
+    if end < 0:
+        end = duration
+    if end <= start:
+        raise InputError(f"{utt_id}: the segment {start:g}-{end:g} s is empty")
+    if start >= duration or end > duration + MAX_OVERSHOOT:
+        raise InputError(
+            f"{utt_id}: the segment {start:g}-{end:g} s ends past the end of its "
+            f"recording ({duration:.2f} s)"
+        )
+    return samples[int(start * rate) : int(end * rate)]
+
+
 class DataDir:
-    """The audio and text of a Kaldi data dir, read one utterance at a time."""
+    """The audio and text of a Kaldi data dir, read one utterance at a time.
+
+    `left_out` maps each id whose line in ``wav.scp``, ``segments`` or a text file read with
+    `text` could not be read (not UTF-8, not ``<recording> <start> <end>``) to the reason; an
+    utterance without that line fails with it. `repeated` maps each id of those files that has
+    a second line (ignored: the first is used) to the reason.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         if not (self.path / "wav.scp").is_file():
             raise FileNotFoundError(f"{self.path}: no wav.scp")
-        self.recordings = read_kaldi_map(self.path / "wav.scp")
+        self.left_out: Dict[str, str] = {}
+        self.repeated: Dict[str, str] = {}
+        self.recordings = self._read_map(self.path / "wav.scp")
         self.segments: Optional[Dict[str, Tuple[str, float, float]]] = None
         if (self.path / "segments").is_file():
-            self.segments = {}
-            for utt_id, value in read_kaldi_map(self.path / "segments").items():
-                recording, start, end = value.split()
-                self.segments[utt_id] = (recording, float(start), float(end))
+            self.segments = self._read_segments(self.path / "segments")
         self._last_recording: Optional[Tuple[str, np.ndarray, int]] = None
+
+    def _read_map(self, path: Path) -> Dict[str, str]:
+        """`read_kaldi_map`, with the lines it left out in `left_out` or `repeated`."""
+        problems: Dict[str, str] = {}
+        entries = read_kaldi_map(path, problems)
+        for key, reason in problems.items():
+            (self.repeated if key in entries else self.left_out).setdefault(key, reason)
+        return entries
+
+    def _read_segments(self, path: Path) -> Dict[str, Tuple[str, float, float]]:
+        segments = {}
+        for utt_id, value in self._read_map(path).items():
+            try:
+                recording, start, end = value.split()
+                segments[utt_id] = (recording, float(start), float(end))
+            except ValueError:
+                self.left_out.setdefault(
+                    utt_id, f"{path}: '{value}' is not '<recording> <start> <end>'"
+                )
+        return segments
 
     @property
     def utt_ids(self) -> List[str]:
         return list(self.segments if self.segments is not None else self.recordings)
 
     def text(self, name: str = "text") -> Dict[str, str]:
-        return read_kaldi_map(self.path / name)
+        """A text file keyed by utterance; its lines left out are added to `left_out` and
+        `repeated`."""
+        return self._read_map(self.path / name)
 
     def num_samples(self) -> Optional[Dict[str, int]]:
         """``utt2num_samples`` if present (ESPnet's dumps have it): lets callers sort by length."""
@@ -109,10 +223,15 @@ class DataDir:
         start = end = None
         recording = utt_id
         if self.segments is not None:
+            if utt_id not in self.segments:
+                raise InputError(self._missing(utt_id, "not in segments"))
             recording, start, end = self.segments[utt_id]
         entry = self.recordings.get(recording)
         if entry is None:
-            raise InputError(f"{utt_id}: recording {recording} is not in wav.scp")
+            if recording == utt_id:
+                raise InputError(self._missing(utt_id, "not in wav.scp"))
+            why = self.left_out.get(recording, f"recording {recording} is not in wav.scp")
+            raise InputError(f"{utt_id}: {why}")
         try:
             samples, source_rate = self._read_recording(recording, entry)
         except Exception as error:  # soundfile, kaldiio and pipes raise many kinds
@@ -120,8 +239,12 @@ class DataDir:
                 f"{utt_id}: cannot read audio '{entry}': {error}"
             ) from error
         if start is not None:
-            samples = samples[int(start * source_rate) : int(end * source_rate)]
+            samples = cut_segment(utt_id, samples, source_rate, start, end)
         return check_speech(utt_id, resample(samples, source_rate, rate))
+
+    def _missing(self, utt_id: str, where: str) -> str:
+        """Why `utt_id` has no line: its line was left out, or there is none."""
+        return f"{utt_id}: {self.left_out.get(utt_id, where)}"
 
     def _read_recording(self, recording: str, entry: str) -> Tuple[np.ndarray, int]:
         """`read_audio`, keeping the last recording when there are segments.

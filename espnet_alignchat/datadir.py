@@ -101,7 +101,9 @@ def read_audio(entry: str) -> Tuple[np.ndarray, int]:
 def read_audio_file(path: str) -> Tuple[np.ndarray, int]:
     """A file's samples; `OSError` if the file is cut short (a broken copy or download)."""
     if wav_is_cut(path):
-        raise OSError("the file is cut short: its header declares more audio than it holds")
+        raise OSError(
+            "the file is cut short: its header declares more audio than it holds"
+        )
     with soundfile.SoundFile(path) as f:
         samples = f.read(dtype="float32")
         declared, rate, format = f.frames, f.samplerate, f.format
@@ -147,7 +149,8 @@ def cut_segment(
     utt_id: str, samples: np.ndarray, rate: int, start: float, end: float
 ) -> np.ndarray:
     """The samples from `start` to `end` seconds (Kaldi's ``segments``; an end of -1 is the
-    recording's end); `InputError` for a segment that is empty or past the recording's end."""
+    recording's end); `InputError` for a segment that is empty or past the recording's end.
+    """
     duration = len(samples) / rate
     if end < 0:
         end = duration
@@ -230,7 +233,9 @@ class DataDir:
         if entry is None:
             if recording == utt_id:
                 raise InputError(self._missing(utt_id, "not in wav.scp"))
-            why = self.left_out.get(recording, f"recording {recording} is not in wav.scp")
+            why = self.left_out.get(
+                recording, f"recording {recording} is not in wav.scp"
+            )
             raise InputError(f"{utt_id}: {why}")
         try:
             samples, source_rate = self._read_recording(recording, entry)

@@ -255,7 +255,9 @@ def utterance_files(data: DataDir, utt_ids: Set[str]) -> Dict[str, Dict[str, str
     return found
 
 
-def unmatched(data: DataDir, utt_ids: List[str], texts: Dict[str, str]) -> Dict[str, Drop]:
+def unmatched(
+    data: DataDir, utt_ids: List[str], texts: Dict[str, str]
+) -> Dict[str, Drop]:
     """Ids dropped before their audio is read: a line of theirs that cannot be read (in
     ``wav.scp``, ``segments``, ``text``...), or a transcript without audio."""
     dropped = {key: (UNREADABLE_LINE, why) for key, why in data.left_out.items()}

@@ -54,10 +54,7 @@ def read_kaldi_map(
                     )
             except UnicodeDecodeError as error:
                 key = raw.split(maxsplit=1)[0].decode("utf-8", errors="replace")
-                problem = (
-                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at "
-                    f"column {error.start + 1})"
-                )
+                problem = f"{path}:{number}: {not_utf8(raw, error)}"
             if problem is not None:
                 if left_out is None:
                     raise InputError(problem)
@@ -66,6 +63,11 @@ def read_kaldi_map(
             entries[key] = parts[1] if len(parts) > 1 else ""
             first_lines[key] = number
     return entries
+
+
+def not_utf8(line: bytes, error: UnicodeDecodeError) -> str:
+    """What is wrong with a line that is not UTF-8, and where."""
+    return f"not UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1})"
 
 
 def write_kaldi_map(path: Path, entries: Dict[str, str]) -> None:

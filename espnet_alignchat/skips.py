@@ -7,7 +7,7 @@ its outputs, and the count in its summary line. The rest of the set is processed
 
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from espnet_alignchat.datadir import write_kaldi_map
 
@@ -15,8 +15,9 @@ from espnet_alignchat.datadir import write_kaldi_map
 class SkipList:
     """The ids left out by a run, with the first reason given for each."""
 
-    def __init__(self) -> None:
-        self.reasons: Dict[str, str] = {}
+    def __init__(self, told: Optional[Dict[str, str]] = None) -> None:
+        """`told`: ids already reported (in the log) by another list: listed, not logged."""
+        self.reasons: Dict[str, str] = dict(told or {})
 
     def add(self, key: str, reason: str) -> None:
         """Report `key` (an utterance id, or ``file:line``) as left out, unless it is already."""

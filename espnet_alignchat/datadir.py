@@ -169,10 +169,10 @@ def cut_segment(
 class DataDir:
     """The audio and text of a Kaldi data dir, read one utterance at a time.
 
-    `left_out` maps each id whose line in ``wav.scp``, ``segments`` or a text file read with
-    `text` could not be read (not UTF-8, not ``<recording> <start> <end>``) to the reason; an
-    utterance without that line fails with it. `repeated` maps each id of those files that has
-    a second line (ignored: the first is used) to the reason.
+    `left_out` maps each utterance whose line in ``wav.scp``, ``segments`` or a text file
+    read with `text` could not be read (not UTF-8, not ``<recording> <start> <end>``) to the
+    reason; the utterance fails with it. `repeated` maps each id of those files that has a
+    second line (ignored: the first is used) to the reason.
     """
 
     def __init__(self, path: Path):
@@ -183,7 +183,10 @@ class DataDir:
         self.repeated: Dict[str, str] = {}
         self.recordings = self._read_map(self.path / "wav.scp")
         self.segments: Optional[Dict[str, Tuple[str, float, float]]] = None
+        # With segments, a wav.scp line names a recording: its segments fail with its reason.
+        self.unreadable_recordings: Dict[str, str] = {}
         if (self.path / "segments").is_file():
+            self.unreadable_recordings, self.left_out = self.left_out, {}
             self.segments = self._read_segments(self.path / "segments")
         self._last_recording: Optional[Tuple[str, np.ndarray, int]] = None
 
@@ -235,7 +238,7 @@ class DataDir:
         if entry is None:
             if recording == utt_id:
                 raise InputError(self._missing(utt_id, "not in wav.scp"))
-            why = self.left_out.get(
+            why = self.unreadable_recordings.get(
                 recording, f"recording {recording} is not in wav.scp"
             )
             raise InputError(f"{utt_id}: {why}")

@@ -249,7 +249,11 @@ class AlignChatTask(AbsTask):
             output_dir / f"skipped_{mode}",
         )
         cls.check_task_requirements(dataset, allow_variable_data_keys, train=False)
-        keys = dataset.keys if key_file is None else list(read_kaldi_map(key_file))
+        keys = dataset.keys
+        if key_file is not None:
+            # Its unreadable or repeated lines are those of the data files it was cut from,
+            # which the dataset reported.
+            keys = list(read_kaldi_map(Path(key_file), left_out={}))
         return DataLoader(
             LoadableUtterances(dataset, keys),
             batch_size=batch_size,

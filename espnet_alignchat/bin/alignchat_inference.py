@@ -77,16 +77,13 @@ def batches(items: Sequence[str], size: int) -> Iterator[List[str]]:
 
 
 def select_keys(data: DataDir, key_file: Optional[Path], skips: SkipList) -> List[str]:
-    """The utterances to do: all of `data`, or those of `key_file` (the others reported)."""
+    """The utterances to do: all of `data`, or those of `key_file` (one that `data` lacks
+    fails when it is read, with the reason)."""
     if key_file is None:
         return data.utt_ids
-    utt_ids = set(data.utt_ids)
-    keys = []
-    for key in read_kaldi_map(key_file):
-        if key in utt_ids:
-            keys.append(key)
-        else:
-            skips.add(key, data.left_out.get(key, f"in {key_file}, not in {data.path}"))
+    left_out: Dict[str, str] = {}
+    keys = list(read_kaldi_map(key_file, left_out))
+    skips.add_all(left_out)
     return keys
 
 

@@ -92,7 +92,10 @@ def select_instructions(
     left_out: Dict[str, str] = {}
     instructions = read_kaldi_map(path, left_out)
     skips.add_all(left_out)
-    keys = list(instructions) if key_file is None else list(read_kaldi_map(key_file))
+    keys = list(instructions)
+    if key_file is not None:
+        keys = list(read_kaldi_map(key_file, left_out))
+        skips.add_all(left_out)
     todo = []
     for key in keys:
         if key not in instructions:

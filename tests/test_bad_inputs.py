@@ -12,10 +12,10 @@ from espnet_alignchat.bad_inputs import (
     HANDLING,
     KINDS,
     Record,
-    lines_naming,
     markdown_table,
     run_suite,
 )
+from espnet_alignchat.bad_inputs.judging import lines_naming
 from espnet_alignchat.datadir import read_audio_file, wav_is_cut
 
 CASES = [(entry, kind) for entry, kinds in HANDLING.items() for kind in kinds]

@@ -111,7 +111,9 @@ def test_kaldi_maps_round_trip_and_name_duplicates(tmp_path):
     assert (tmp_path / "text").read_text() == "a \nb two lines\nc x y\n"
     assert read_kaldi_map(tmp_path / "text") == {"a": "", "b": "two lines", "c": "x y"}
     (tmp_path / "dup").write_text("a 1\na 2\n")
-    with pytest.raises(InputError, match="dup:2: a second line for a \\(line 1 is used"):
+    with pytest.raises(
+        InputError, match="dup:2: a second line for a \\(line 1 is used"
+    ):
         read_kaldi_map(tmp_path / "dup")
     left_out = {}
     assert read_kaldi_map(tmp_path / "dup", left_out) == {"a": "1"}

@@ -117,7 +117,12 @@ def test_format_data_filters_resamples_and_tokenizes(
     assert "9 > 8" in dropped["H1"] and "2.00 s > 1.5 s" in dropped["F1"]
 
     wav_scp = read_kaldi_map(out / "wav.scp")
-    assert list(wav_scp) == ["A1", "A2", "B1", "C1"]  # C1: stereo at 44.1 kHz, downmixed
+    assert list(wav_scp) == [
+        "A1",
+        "A2",
+        "B1",
+        "C1",
+    ]  # C1: stereo at 44.1 kHz, downmixed
     num_samples = read_kaldi_map(out / "utt2num_samples")
     assert num_samples == {"A1": "14400", "A2": "12800", "B1": "16000", "C1": "8000"}
     for utt, path in wav_scp.items():
@@ -146,7 +151,11 @@ def test_format_data_filters_resamples_and_tokenizes(
         "B1": "spkB",
         "C1": "spkC",
     }
-    assert read_kaldi_map(out / "spk2utt") == {"spkA": "A1 A2", "spkB": "B1", "spkC": "C1"}
+    assert read_kaldi_map(out / "spk2utt") == {
+        "spkA": "A1 A2",
+        "spkB": "B1",
+        "spkC": "C1",
+    }
     assert read_kaldi_map(out / "answer") == {"A1": "three", "B1": "hi"}
     assert not (out / "spk2gender").exists() and not (out / "response_int").exists()
     assert not (out / "template_mismatch").exists()  # the template's cut is clean

@@ -203,7 +203,7 @@ def test_the_offline_scorer_reads_voicebench_files(tmp_path, capsys, caplog):
     src.write_text("\n".join(json.dumps(line) for line in lines) + "\n{oops\n")
     voicebench_score.main(["--src_file", str(src), "--evaluator", "harm"])
     assert json.loads(capsys.readouterr().out) == {"refusal_rate": 50.0}
-    assert f"{src}:3: not JSON" in caplog.text
+    assert f"{src.name}:3: not JSON" in caplog.text
     qa = tmp_path / "qa.jsonl"
     qa.write_text(
         json.dumps({"prompt": "p", "reference": "Paris", "response": "paris!"})

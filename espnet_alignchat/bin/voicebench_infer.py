@@ -90,9 +90,12 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_jsonl(path: Path, audio_field: str, skips: SkipList) -> Iterator[Item]:
+def read_jsonl(
+    path: Path, audio_field: str, skips: Optional[SkipList] = None
+) -> Iterator[Item]:
     """Items of a JSONL file, named ``<file name>:<line>``; lines that cannot be read are
-    reported in `skips` and left out."""
+    reported (in `skips`, if given) and left out."""
+    skips = SkipList() if skips is None else skips
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if number == 1:

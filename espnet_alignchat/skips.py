@@ -27,9 +27,9 @@ class SkipList:
         self.reasons[key] = reason
         logging.warning(f"{key}: {reason} (skipped)")
 
-    def add_error(self, key: str, error: BaseException) -> None:
-        """`add` with an `InputError` whose message starts with the key, as they do."""
-        self.add(key, str(error).removeprefix(f"{key}: "))
+    def add_message(self, key: str, message: object) -> None:
+        """`add` with a message that starts with the key, as an `InputError`'s does."""
+        self.add(key, str(message).removeprefix(f"{key}: "))
 
     def add_all(self, reasons: Dict[str, str]) -> None:
         """`add` each of `reasons` (e.g. the lines a reader left out, `DataDir.left_out`)."""

@@ -125,7 +125,7 @@ def answer_speech(
                 if problem is None:
                     loaded.append((key, speech))
                 else:
-                    skips.add(key, problem.removeprefix(f"{key}: "))
+                    skips.add_message(key, problem)
             if loaded:
                 hypotheses = chat.tokenize([speech for _, speech in loaded])
                 answers = chat(hypotheses)

@@ -164,7 +164,7 @@ def answer(
                         inputs.append(item.fields[args.text_field])
                     done.append(item)
                 except InputError as error:
-                    skips.add_error(item.name, error)
+                    skips.add_message(item.name, error)
             if inputs:
                 generate = (
                     assistant.generate_audio_batch

@@ -13,7 +13,7 @@ import io
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import kaldiio
 import numpy as np
@@ -147,15 +147,23 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 MAX_OVERSHOOT = 0.5
 
 
+class Segment(NamedTuple):
+    """A line of Kaldi's ``segments``: an end of -1 is the recording's end; without a
+    channel, all the recording's channels are read (and downmixed)."""
+
+    recording: str
+    start: float
+    end: float
+    channel: Optional[int]
+
+
 def cut_segment(
-    utt_id: str, samples: np.ndarray, rate: int, start: float, end: float
+    utt_id: str, samples: np.ndarray, rate: int, segment: Segment
 ) -> np.ndarray:
-    """The samples from `start` to `end` seconds (Kaldi's ``segments``; an end of -1 is the
-    recording's end); `InputError` for a segment that is empty or past the recording's end.
-    """
+    """The samples of `segment`; `InputError` for one that is empty, past the recording's
+    end or of a channel it does not have."""
     duration = len(samples) / rate
-    if end < 0:
-        end = duration
+    start, end = segment.start, duration if segment.end == -1 else segment.end
     if end <= start:
         raise InputError(f"{utt_id}: the segment {start:g}-{end:g} s is empty")
     if start >= duration or end > duration + MAX_OVERSHOOT:
@@ -163,7 +171,16 @@ def cut_segment(
             f"{utt_id}: the segment {start:g}-{end:g} s ends past the end of its "
             f"recording ({duration:.2f} s)"
         )
-    return samples[int(start * rate) : int(end * rate)]
+    samples = samples[int(start * rate) : int(end * rate)]
+    if segment.channel is None:
+        return samples
+    channels = samples.shape[1] if samples.ndim == 2 else 1
+    if not 0 <= segment.channel < channels:
+        raise InputError(
+            f"{utt_id}: the segment's channel {segment.channel} is not one of its "
+            f"recording's {channels} (counted from 0)"
+        )
+    return samples[:, segment.channel] if samples.ndim == 2 else samples
 
 
 class DataDir:
@@ -182,7 +199,7 @@ class DataDir:
         self.left_out: Dict[str, str] = {}
         self.repeated: Dict[str, str] = {}
         self.recordings = self._read_map(self.path / "wav.scp")
-        self.segments: Optional[Dict[str, Tuple[str, float, float]]] = None
+        self.segments: Optional[Dict[str, Segment]] = None
         # With segments, a wav.scp line names a recording: its segments fail with its reason.
         self.unreadable_recordings: Dict[str, str] = {}
         if (self.path / "segments").is_file():
@@ -198,15 +215,21 @@ class DataDir:
             (self.repeated if key in entries else self.left_out).setdefault(key, reason)
         return entries
 
-    def _read_segments(self, path: Path) -> Dict[str, Tuple[str, float, float]]:
+    def _read_segments(self, path: Path) -> Dict[str, Segment]:
+        """``<utt> <recording> <start> <end> [<channel>]`` lines, as Kaldi has them."""
         segments = {}
         for utt_id, value in self._read_map(path).items():
+            fields = value.split()
             try:
-                recording, start, end = value.split()
-                segments[utt_id] = (recording, float(start), float(end))
+                if len(fields) not in (3, 4):
+                    raise ValueError
+                channel = int(fields[3]) if len(fields) == 4 else None
+                start, end = float(fields[1]), float(fields[2])
+                segments[utt_id] = Segment(fields[0], start, end, channel)
             except ValueError:
                 self.left_out.setdefault(
-                    utt_id, f"{path}: '{value}' is not '<recording> <start> <end>'"
+                    utt_id,
+                    f"{path}: '{value}' is not '<recording> <start> <end> [<channel>]'",
                 )
         return segments
 
@@ -228,12 +251,13 @@ class DataDir:
 
     def speech(self, utt_id: str, rate: int) -> np.ndarray:
         """Mono float32 samples at `rate`; `InputError` naming the utterance if unusable."""
-        start = end = None
+        segment = None
         recording = utt_id
         if self.segments is not None:
             if utt_id not in self.segments:
                 raise InputError(self._missing(utt_id, "not in segments"))
-            recording, start, end = self.segments[utt_id]
+            segment = self.segments[utt_id]
+            recording = segment.recording
         entry = self.recordings.get(recording)
         if entry is None:
             if recording == utt_id:
@@ -248,8 +272,8 @@ class DataDir:
             raise InputError(
                 f"{utt_id}: cannot read audio '{entry}': {error}"
             ) from error
-        if start is not None:
-            samples = cut_segment(utt_id, samples, source_rate, start, end)
+        if segment is not None:
+            samples = cut_segment(utt_id, samples, source_rate, segment)
         return check_speech(utt_id, resample(samples, source_rate, rate))
 
     def _missing(self, utt_id: str, where: str) -> str:

@@ -136,6 +136,10 @@ class AlignChatDataset(AbsDataset):
                 )
             data[name] = loader[uid]
         if self.others is not None:
+            for name, loader in self.others.loader_dict.items():
+                if uid not in loader.keys():  # keys(): a reader's `in` would load it
+                    path = self.others.debug_info[name][0]
+                    raise InputError(f"{uid}: no line in {path}")
             data.update(self.others[uid][1])
         if self.preprocess is not None:
             data = self.preprocess(uid, data)

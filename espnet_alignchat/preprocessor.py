@@ -11,15 +11,19 @@ TEXT_NAMES = ("text", "response")
 
 
 def check_speech(utt_id: str, speech: np.ndarray) -> np.ndarray:
-    """A mono float32 waveform with samples, all finite; `InputError` otherwise."""
-    if speech.ndim == 2 and speech.shape[1] == 1:
-        speech = speech[:, 0]
-    if speech.ndim != 1:
-        raise InputError(
-            f"{utt_id}: speech has shape {speech.shape}; the model takes mono audio"
-        )
+    """A mono float32 waveform with samples, all finite; `InputError` otherwise.
+
+    Audio of several channels, (samples, channels) as soundfile reads it, is their mean.
+    """
     if speech.size == 0:
         raise InputError(f"{utt_id}: the audio is empty")
+    if speech.ndim == 2 and speech.shape[0] >= speech.shape[1]:
+        speech = speech.mean(axis=1)
+    if speech.ndim != 1:
+        raise InputError(
+            f"{utt_id}: speech has shape {speech.shape}; the model takes mono audio as "
+            "(samples,) or (samples, channels)"
+        )
     if not np.isfinite(speech).all():
         raise InputError(f"{utt_id}: the audio has NaN or infinite samples")
     return speech.astype(np.float32, copy=False)

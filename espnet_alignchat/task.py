@@ -9,8 +9,9 @@ options. A stage-1 (``mode: pretrain``) model reads only the LLM's embedding mat
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Callable, Collection, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Optional, Set, Tuple, Union
 
+import humanfriendly
 import numpy as np
 import torch
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
@@ -28,13 +29,19 @@ from espnet2.layers.utterance_mvn import UtteranceMVN
 from espnet2.tasks.abs_task import AbsTask, IteratorOptions
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.train.dataset import AbsDataset, ESPnetDataset
+from espnet2.train.dataset import AbsDataset
 from espnet2.train.trainer import Trainer
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
+from torch.utils.data import DataLoader
 
-from espnet_alignchat.dataset import SkippingDataset
+from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.dataset import (
+    AlignChatDataset,
+    LoadableUtterances,
+    SkippingDataset,
+)
 from espnet_alignchat.decoder import SpeechTokenDecoder
 from espnet_alignchat.encoders import (
     ConfigError,
@@ -179,6 +186,15 @@ class AlignChatTask(AbsTask):
     ]:
         return CommonCollateFn(float_pad_value=0.0, int_pad_value=IGNORE_ID)
 
+    # Where --collect_stats reads audio and reports what it skips: ESPnet builds its data
+    # iterators without `args`, so `main_worker` keeps them here (one task per process).
+    collecting: Optional[Tuple[int, Path]] = None
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace) -> None:
+        cls.collecting = (sample_rate(args), Path(args.output_dir))
+        super().main_worker(args)
+
     @classmethod
     def build_dataset(
         cls,
@@ -186,14 +202,65 @@ class AlignChatTask(AbsTask):
         iter_options: IteratorOptions,
         keys_to_load: Optional[Set[Union[int, str]]] = None,
     ) -> AbsDataset:
-        """ESPnet's dataset, with unloadable utterances reported and skipped
+        """`AlignChatDataset`, with unloadable utterances reported and replaced
         (`SkippingDataset`; the report is ``<output_dir>/skipped_{train,valid}``)."""
-        dataset = super().build_dataset(args, iter_options, keys_to_load)
-        if not isinstance(dataset, ESPnetDataset):
-            return dataset
+        if args.multi_task_dataset:
+            return super().build_dataset(args, iter_options, keys_to_load)
+        dataset = AlignChatDataset(
+            iter_options.data_path_and_name_and_type,
+            sample_rate(args),
+            preprocess=iter_options.preprocess_fn,
+            float_dtype=args.train_dtype,
+        )
+        cls.check_task_requirements(
+            dataset, args.allow_variable_data_keys, train=iter_options.train
+        )
         split = "train" if iter_options.train else "valid"
-        report = Path(args.output_dir) / f"skipped_{split}"
-        return SkippingDataset(dataset, report)
+        return SkippingDataset(dataset, Path(args.output_dir) / f"skipped_{split}")
+
+    @classmethod
+    def build_streaming_iterator(
+        cls,
+        data_path_and_name_and_type,
+        preprocess_fn,
+        collate_fn,
+        key_file: Optional[str] = None,
+        batch_size: int = 1,
+        dtype: Optional[Any] = np.float32,
+        num_workers: int = 1,
+        allow_variable_data_keys: bool = False,
+        ngpu: int = 0,
+        inference: bool = False,
+        mode: Optional[str] = None,
+        multi_task_dataset: bool = False,
+    ) -> DataLoader:
+        """--collect_stats' data (``mode`` train or valid): the utterances of `key_file` that
+        can be loaded (`LoadableUtterances`), so the shape files list only those; the others
+        are reported in ``<output_dir>/skipped_{train,valid}``."""
+        if cls.collecting is None or mode not in ("train", "valid"):
+            raise NotImplementedError(
+                "AlignChatTask streams data only to --collect_stats"
+            )
+        rate, output_dir = cls.collecting
+        dataset = SkippingDataset(
+            AlignChatDataset(
+                data_path_and_name_and_type, rate, preprocess_fn, float_dtype=dtype
+            ),
+            output_dir / f"skipped_{mode}",
+        )
+        cls.check_task_requirements(dataset, allow_variable_data_keys, train=False)
+        keys = dataset.keys
+        if key_file is not None:
+            # Its unreadable or repeated lines are those of the data files it was cut from,
+            # which the dataset reported.
+            keys = list(read_kaldi_map(Path(key_file), left_out={}))
+        return DataLoader(
+            LoadableUtterances(dataset, keys),
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            pin_memory=ngpu > 0,
+        )
 
     @classmethod
     def build_preprocess_fn(
@@ -307,3 +374,11 @@ def check_waveform_options(args: argparse.Namespace) -> None:
             f"encoder {name} reads the waveform: set specaug: none (whisper applies "
             "SpecAugment to its log-mels with encoder_conf.specaug_conf)"
         )
+
+
+def sample_rate(args: argparse.Namespace) -> int:
+    """The rate the model reads audio at: its frontend's ``fs`` (ESPnet's default frontend:
+    16 kHz unless set, also as ``"16k"``), 16 kHz for an encoder that reads the waveform.
+    """
+    fs = (args.frontend_conf or {}).get("fs", 16000)
+    return humanfriendly.parse_size(fs) if isinstance(fs, str) else int(fs)

@@ -116,9 +116,9 @@ def test_bad_speech_is_named(chat, tmp_path):
     broken.write_bytes(b"not audio")
     with pytest.raises(InputError, match=f"{broken}: cannot read audio"):
         chat(str(broken))
-    stereo = np.zeros((16000, 2), dtype=np.float32)
+    channels_first = np.zeros((2, 16000), dtype=np.float32)
     with pytest.raises(InputError, match="speech 1: .* mono"):
-        chat.transcribe([np.zeros(16000, dtype=np.float32), stereo])
+        chat.transcribe([np.zeros(16000, dtype=np.float32), channels_first])
     with pytest.raises(PromptError, match="ends with a user turn"):
         chat([{"role": "assistant", "content": "hi"}])
 

@@ -47,7 +47,7 @@ def test_text_becomes_the_llm_tokenizers_ids(preprocessor):
     "data, problem",
     [
         ({"text": "   "}, "utt7: the text is empty"),
-        ({"speech": np.zeros((100, 2))}, "utt7: speech has shape \\(100, 2\\)"),
+        ({"speech": np.zeros((2, 100))}, "utt7: speech has shape \\(2, 100\\)"),
         ({"speech": np.zeros(0)}, "utt7: the audio is empty"),
         ({"speech": np.array([0.0, np.nan])}, "utt7: the audio has NaN"),
     ],
@@ -111,5 +111,10 @@ def test_kaldi_maps_round_trip_and_name_duplicates(tmp_path):
     assert (tmp_path / "text").read_text() == "a \nb two lines\nc x y\n"
     assert read_kaldi_map(tmp_path / "text") == {"a": "", "b": "two lines", "c": "x y"}
     (tmp_path / "dup").write_text("a 1\na 2\n")
-    with pytest.raises(InputError, match="dup:2: duplicate key a"):
+    with pytest.raises(
+        InputError, match="dup:2: a second line for a \\(line 1 is used"
+    ):
         read_kaldi_map(tmp_path / "dup")
+    left_out = {}
+    assert read_kaldi_map(tmp_path / "dup", left_out) == {"a": "1"}
+    assert list(left_out) == ["a"]

@@ -56,8 +56,9 @@ def source(tmp_path_factory) -> Path:
     data.mkdir()
     write_lines(data / "wav.scp", dict(sorted(wav_scp.items())))
     segments = {"A1": "recA 0.0 0.9", "A2": "recA 1.0 1.8", "G1": "recG 0.0 0.05"}
-    for name in "BCDEFHIJ":
-        segments[f"{name}1"] = f"rec{name} 0 2.0"
+    for name in "BCDEFHIJ":  # the whole recording (a missing one: its 2 s)
+        samples, rate, _ = recordings.get(f"rec{name}", (np.zeros(32000), 16000, ""))
+        segments[f"{name}1"] = f"rec{name} 0 {len(samples) / rate}"
     write_lines(data / "segments", dict(sorted(segments.items())))
     text = {utt: "what is one plus two" for utt in segments if utt != "I1"}
     text.update(A2="two", B1="hello   world", E1="", H1="one " * 9)
@@ -97,14 +98,13 @@ def test_format_data_filters_resamples_and_tokenizes(
     run_format(source, out, tiny_llm, "--nj", "1")
     stdout, stderr = capsys.readouterr()
     assert stdout.splitlines()[-1] == (
-        "train: 3 kept, 8 dropped (unusable audio: 3, empty transcript: 1, "
+        "train: 4 kept, 7 dropped (unusable audio: 2, empty transcript: 1, "
         "missing transcript: 1, too long: 1, too many tokens: 1, too short: 1)"
     )
-    for utt in ("C1", "D1", "J1"):  # each unusable utterance on one line
+    for utt in ("D1", "J1"):  # each unusable utterance on one line
         assert len([line for line in stderr.splitlines() if f" {utt}: " in line]) == 1
     dropped = read_kaldi_map(out / "dropped")
     assert {utt: why.split(":")[0] for utt, why in dropped.items()} == {
-        "C1": "unusable audio",
         "D1": "unusable audio",
         "J1": "unusable audio",
         "E1": "empty transcript",
@@ -113,13 +113,18 @@ def test_format_data_filters_resamples_and_tokenizes(
         "H1": "too many tokens",
         "I1": "missing transcript",
     }
-    assert "mono" in dropped["C1"] and "NaN" in dropped["J1"]
+    assert "NaN" in dropped["J1"]
     assert "9 > 8" in dropped["H1"] and "2.00 s > 1.5 s" in dropped["F1"]
 
     wav_scp = read_kaldi_map(out / "wav.scp")
-    assert list(wav_scp) == ["A1", "A2", "B1"]
+    assert list(wav_scp) == [
+        "A1",
+        "A2",
+        "B1",
+        "C1",
+    ]  # C1: stereo at 44.1 kHz, downmixed
     num_samples = read_kaldi_map(out / "utt2num_samples")
-    assert num_samples == {"A1": "14400", "A2": "12800", "B1": "16000"}
+    assert num_samples == {"A1": "14400", "A2": "12800", "B1": "16000", "C1": "8000"}
     for utt, path in wav_scp.items():
         info = soundfile.info(path)
         assert Path(path).is_absolute() and path.endswith(f"/data/{utt}.flac")
@@ -132,11 +137,25 @@ def test_format_data_filters_resamples_and_tokenizes(
     np.testing.assert_array_equal(written, original[16000:28800])
 
     text = read_kaldi_map(out / "text")
-    assert text == {"A1": "what is one plus two", "A2": "two", "B1": "hello world"}
+    assert text == {
+        "A1": "what is one plus two",
+        "A2": "two",
+        "B1": "hello world",
+        "C1": "what is one plus two",
+    }
     text_int = read_kaldi_map(out / "text_int")
     assert text_int == {utt: ids(value) for utt, value in text.items()}
-    assert read_kaldi_map(out / "utt2spk") == {"A1": "spkA", "A2": "spkA", "B1": "spkB"}
-    assert read_kaldi_map(out / "spk2utt") == {"spkA": "A1 A2", "spkB": "B1"}
+    assert read_kaldi_map(out / "utt2spk") == {
+        "A1": "spkA",
+        "A2": "spkA",
+        "B1": "spkB",
+        "C1": "spkC",
+    }
+    assert read_kaldi_map(out / "spk2utt") == {
+        "spkA": "A1 A2",
+        "spkB": "B1",
+        "spkC": "C1",
+    }
     assert read_kaldi_map(out / "answer") == {"A1": "three", "B1": "hi"}
     assert not (out / "spk2gender").exists() and not (out / "response_int").exists()
     assert not (out / "template_mismatch").exists()  # the template's cut is clean
@@ -157,7 +176,7 @@ def test_transcripts_tokenized_otherwise_inside_the_template_are_listed(
     out = tmp_path / "glued"
     run_format(source, out, tiny_llm, "--nj", "1", "--user_template", "say{speech}")
     mismatches = read_kaldi_map(out / "template_mismatch")
-    assert sorted(mismatches) == ["A1", "A2", "B1"]
+    assert sorted(mismatches) == ["A1", "A2", "B1", "C1"]
     assert mismatches["A2"].startswith("ours: ") and " | template: " in mismatches["A2"]
     run_format(source, out, tiny_llm, "--nj", "1")  # a clean rerun removes the list
     assert not (out / "template_mismatch").exists()

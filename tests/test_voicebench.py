@@ -81,8 +81,8 @@ def test_the_writer_keeps_the_fields_and_skips_bad_lines(tiny_recipe, tmp_path, 
     for record in audio + text:
         assert "audio" not in record and isinstance(record["response"], str)
     assert set(audio[0]) == {"prompt", "id", "reference", "response"}
-    assert f"{source}:2: not JSON" in caplog.text
-    assert f"{source}:5: {source.parent}/audio/none.wav: cannot read audio" in (
+    assert f"{source.name}:2: not JSON" in caplog.text
+    assert f"{source.name}:5: {source.parent}/audio/none.wav: cannot read audio" in (
         caplog.text
     )
     assert not {name for name in sys.modules if name.split(".")[0] == "datasets"} - (
@@ -203,7 +203,7 @@ def test_the_offline_scorer_reads_voicebench_files(tmp_path, capsys, caplog):
     src.write_text("\n".join(json.dumps(line) for line in lines) + "\n{oops\n")
     voicebench_score.main(["--src_file", str(src), "--evaluator", "harm"])
     assert json.loads(capsys.readouterr().out) == {"refusal_rate": 50.0}
-    assert f"{src}:3: not JSON" in caplog.text
+    assert f"{src.name}:3: not JSON" in caplog.text
     qa = tmp_path / "qa.jsonl"
     qa.write_text(
         json.dumps({"prompt": "p", "reference": "Paris", "response": "paris!"})

@@ -6,8 +6,11 @@
 writes ``<output_dir>/text`` (the speech tokenizer's transcript of each utterance) and
 ``<output_dir>/response`` (the frozen LLM's answer to the speech), one ``uttid value`` line each.
 With ``--text_input true`` the LLM answers the data dir's ``text`` instead: the text-conditioned
-reference, written to ``<output_dir>/response``. Unreadable utterances are reported, listed in
-``<output_dir>/skipped`` and left out; the others are processed. An utterance in which the
+reference, written to ``<output_dir>/response``. Utterances that cannot be used (unreadable
+audio, a segment past its recording's end, an empty or missing text with ``--text_input``, a
+line that is not UTF-8; `espnet_alignchat.skips`) are reported, listed with the reason in
+``<output_dir>/skipped`` and left out, as are the later lines of a repeated id (the first is
+used); the others are processed, and the run fails only when none could be. An utterance in which the
 speech tokenizer heard nothing (an empty transcript: the LLM answers an empty user turn) is
 named in the log, and the log counts them. ``--config decode.yaml`` sets
 any option from a YAML file, as ESPnet's inference configs do.
@@ -17,7 +20,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from espnet2.utils import config_argparse
@@ -34,6 +37,7 @@ from espnet_alignchat.cli import (
 )
 from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
 from espnet_alignchat.inference import Speech2Chat
+from espnet_alignchat.skips import SkipList
 
 
 def get_parser() -> config_argparse.ArgumentParser:
@@ -72,33 +76,47 @@ def batches(items: Sequence[str], size: int) -> Iterator[List[str]]:
         yield list(items[start : start + size])
 
 
-def select_keys(all_keys: List[str], key_file: Optional[Path]) -> List[str]:
+def select_keys(data: DataDir, key_file: Optional[Path], skips: SkipList) -> List[str]:
+    """The utterances to do: all of `data`, or those of `key_file` (one that `data` lacks
+    fails when it is read, with the reason)."""
     if key_file is None:
-        return all_keys
-    wanted = read_kaldi_map(key_file)
-    return [key for key in all_keys if key in wanted]
+        return data.utt_ids
+    left_out: Dict[str, str] = {}
+    keys = list(read_kaldi_map(key_file, left_out))
+    skips.add_all(left_out)
+    return keys
 
 
-def answer_text(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int):
+def answer_text(
+    chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int, skips: SkipList
+) -> Tuple[Dict[str, str], Dict[str, str]]:
     texts = data.text()
-    missing = [key for key in keys if key not in texts]
-    keys = [key for key in keys if key in texts]
+    skips.add_all({**data.repeated, **data.left_out})  # lines of text
+    todo = []
+    for key in keys:
+        if key not in texts:
+            skips.add(key, "no line in text")
+        elif not texts[key].strip():
+            skips.add(key, "the text is empty")
+        else:
+            todo.append(key)
     responses: Dict[str, str] = {}
-    with tqdm(total=len(keys), unit="utt", desc="answering text") as progress:
-        for batch in batches(keys, batch_size):
+    with tqdm(total=len(todo), unit="utt", desc="answering text") as progress:
+        for batch in batches(todo, batch_size):
             typed = [[{"role": "user", "content": texts[k]}] for k in batch]
             responses.update(zip(batch, chat(typed)))
             progress.update(len(batch))
-    return {}, responses, {key: f"{key}: no line in text" for key in missing}
+    return {}, responses
 
 
-def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int):
+def answer_speech(
+    chat: Speech2Chat, data: DataDir, keys: List[str], batch_size: int, skips: SkipList
+) -> Tuple[Dict[str, str], Dict[str, str]]:
     lengths = data.num_samples()
     if lengths is not None:  # similar lengths in a batch: less padding
         keys = sorted(keys, key=lambda key: -lengths.get(key, 0))
     transcripts: Dict[str, str] = {}
     responses: Dict[str, str] = {}
-    skipped: Dict[str, str] = {}
     heard_nothing = 0
     with tqdm(total=len(keys), unit="utt", desc="answering speech") as progress:
         for batch in batches(keys, batch_size):
@@ -107,8 +125,7 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
                 if problem is None:
                     loaded.append((key, speech))
                 else:
-                    logging.warning(f"{problem} (skipped)")
-                    skipped[key] = problem
+                    skips.add_message(key, problem)
             if loaded:
                 hypotheses = chat.tokenize([speech for _, speech in loaded])
                 answers = chat(hypotheses)
@@ -127,7 +144,7 @@ def answer_speech(chat: Speech2Chat, data: DataDir, keys: List[str], batch_size:
             f"{heard_nothing} of {len(keys)} utterances got an empty transcript (empty "
             "lines in text)"
         )
-    return transcripts, responses, skipped
+    return transcripts, responses
 
 
 def inference(args) -> int:
@@ -143,21 +160,22 @@ def inference(args) -> int:
         **decoding_options(args),
     )
     data = DataDir(args.data_dir)
-    keys = select_keys(data.utt_ids, args.key_file)
+    skips = SkipList()
+    skips.add_all({**data.repeated, **data.left_out})  # lines of wav.scp or segments
+    keys = select_keys(data, args.key_file, skips)
     answer = answer_text if args.text_input else answer_speech
-    transcripts, responses, skipped = answer(chat, data, keys, args.batch_size)
+    transcripts, responses = answer(chat, data, keys, args.batch_size, skips)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.text_input:
         write_kaldi_map(args.output_dir / "text", transcripts)
     write_kaldi_map(args.output_dir / "response", responses)
-    if skipped:
-        write_kaldi_map(args.output_dir / "skipped", skipped)
+    skips.write(args.output_dir / "skipped")
     logging.info(
-        f"{len(responses)} of {len(keys)} utterances answered in {args.output_dir}"
-        + (f"; {len(skipped)} skipped, listed in skipped" if skipped else "")
+        f"{len(responses)} utterances answered in {args.output_dir}"
+        + skips.summary(args.output_dir / "skipped")
     )
-    return 0 if responses or not keys else 1
+    return 0 if responses or not (keys or skips) else 1
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

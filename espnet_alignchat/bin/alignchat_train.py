@@ -18,10 +18,14 @@ and feature statistics without reading the LLM's weights. All of ESPnet's traine
 (``--ngpu``, ``--resume``, ``--use_amp``, ``--accum_grad``, ...); ``--help`` lists them. Token
 ids (``text_int`` data) made by another LLM's tokenizer than ``--llm``'s are refused before
 training starts (``token_ids.json``, `espnet_alignchat.provenance`). ``--ngpu N`` on one node
-trains with DDP, one process per GPU (`one_process_per_gpu`). An utterance that cannot be
-loaded (an unreadable file, NaN samples, an empty transcript) is reported, listed in
-``<output_dir>/skipped_{train,valid}`` and replaced in its batch by the next one
-(`espnet_alignchat.dataset`); the run ends with their count.
+trains with DDP, one process per GPU (`one_process_per_gpu`). ``sound`` data may be any
+``wav.scp`` (paths, pipes, ark offsets; any sample rate, resampled to the model's; several
+channels, downmixed). An utterance that cannot be loaded (an unreadable or cut file, NaN
+samples, an empty transcript, a line that is not UTF-8, no line in one of the files) is
+reported, listed in ``<output_dir>/skipped_{train,valid}`` and replaced in its batch by the
+next one (`espnet_alignchat.dataset`); with ``--collect_stats true`` it is reported there and
+left out of the shape files, so training never meets it. A second line for an id is listed
+there too (the first is used). The run ends with their count.
 """
 
 import argparse
@@ -79,8 +83,8 @@ def report_skipped(output_dir: Path) -> None:
         skipped = read_skipped(report)
         if skipped:
             logging.warning(
-                f"{len(skipped)} {split} utterances could not be loaded and were skipped "
-                f"(listed with the reason in {report})"
+                f"{len(skipped)} {split} utterances (or their lines) were skipped: listed "
+                f"with the reason in {report}"
             )
 
 
@@ -90,7 +94,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         args = get_parser().parse_args(cmd)
         check_token_ids(args)
         AlignChatTask.main(cmd=one_process_per_gpu(args, cmd))
-        if args.output_dir is not None and not args.collect_stats:
+        if args.output_dir is not None:
             report_skipped(Path(args.output_dir))
 
 

@@ -3,7 +3,9 @@
     espnet-alignchat chat --model exp/train_instruct --wav question.wav --show_transcript true
     espnet-alignchat chat --model alignchat.zip --llm meta-llama/Llama-3.1-8B-Instruct
 
-With ``--wav`` each file is answered on its own (prefixed by its name when there are several).
+With ``--wav`` each file is answered on its own (prefixed by its name when there are several);
+a file that cannot be answered (unreadable, silent, NaN samples, no words heard) gets one error
+line naming it, the others are answered, and the exit status is 1 with a count at the end.
 Without it the session is interactive and multi-turn: each line is the path of an audio file
 (a speech turn) or typed text (a text turn); ``/reset`` starts a new conversation, ``/quit`` or
 end of input ends it. Answers are printed token by token as the LLM writes them. Earlier speech
@@ -97,6 +99,11 @@ def one_shot(terminal: Terminal, wavs: List[str]) -> int:
             failed += 1
             continue
         terminal.answer(message, prefix=f"{wav}: " if len(wavs) > 1 else "")
+    if failed:
+        print(
+            f"espnet-alignchat chat: {failed} of {len(wavs)} files could not be answered",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -37,6 +37,7 @@ from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, write_kaldi_map
 from espnet_alignchat.encoders import ConfigError, WaveformEncoder
 from espnet_alignchat.errors import InputError
+from espnet_alignchat.skips import SkipList
 from espnet_alignchat.task import encoder_choices
 
 PROG = "dump_encoder_outputs"
@@ -106,7 +107,9 @@ def dump(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.ngpu > 0 else "cpu")
     encoder = build_frozen_encoder(args.config).to(device)
     data = DataDir(args.data_dir)
-    keys = select_keys(data.utt_ids, args.key_file)
+    skips = SkipList()
+    skips.add_all({**data.repeated, **data.left_out})  # lines of wav.scp or segments
+    keys = select_keys(data, args.key_file, skips)
     output_dir = args.output_dir.absolute()
     (output_dir / "data").mkdir(parents=True, exist_ok=True)
     todo = [key for key in keys if not output_path(output_dir, key).is_file()]
@@ -115,7 +118,6 @@ def dump(args: argparse.Namespace) -> int:
         todo.sort(key=lambda key: -lengths.get(key, 0))
     logging.info(f"{len(keys) - len(todo)} outputs already written, {len(todo)} to do")
 
-    skipped: Dict[str, str] = {}
     dtype = DTYPES[args.dtype]
     with tqdm(total=len(todo), unit="utt", desc="encoder outputs") as progress:
         for batch in batches(todo, args.batch_size):
@@ -124,8 +126,7 @@ def dump(args: argparse.Namespace) -> int:
                 if problem is None:
                     loaded.append((key, torch.from_numpy(speech)))
                 else:
-                    tqdm.write(f"{PROG}: {problem} (skipped)", file=sys.stderr)
-                    skipped[key] = problem
+                    skips.add_message(key, problem)
             if loaded:
                 speech = torch.nn.utils.rnn.pad_sequence([s for _, s in loaded], True)
                 samples = torch.tensor([len(s) for _, s in loaded])
@@ -143,17 +144,16 @@ def dump(args: argparse.Namespace) -> int:
         if output_path(output_dir, key).is_file()
     }
     write_kaldi_map(output_dir / "encoder_out.scp", written)
-    if skipped:
-        write_kaldi_map(output_dir / "skipped", skipped)
+    skips.write(output_dir / "skipped")
     with open(output_dir / "encoder.yaml", "w", encoding="utf-8") as f:
         yaml.safe_dump(
             {**read_encoder_config(args.config), "hidden_size": encoder.hidden_size}, f
         )
     logging.info(
-        f"{len(written)} of {len(keys)} utterances in {output_dir / 'encoder_out.scp'}"
-        + (f"; {len(skipped)} skipped, listed in skipped" if skipped else "")
+        f"{len(written)} utterances in {output_dir / 'encoder_out.scp'}"
+        + skips.summary(output_dir / "skipped")
     )
-    return 0 if written or not keys else 1
+    return 0 if written or not (keys or skips) else 1
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

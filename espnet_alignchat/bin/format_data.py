@@ -14,16 +14,23 @@ reads ``--in_dir`` (``wav.scp`` with paths, pipes or ark offsets, optional ``seg
   (``add_special_tokens=False``) in ESPnet's ``text_int`` format, ``uttid 12 7 301``;
 - ``token_ids.json``: which tokenizer made the ids (`espnet_alignchat.provenance`), checked
   by training and self-generation;
-- ``dropped``: ``uttid reason: detail`` for each utterance left out;
+- ``dropped``: ``uttid reason: detail`` for each utterance left out, and for each id with a
+  second line in ``wav.scp``, ``segments`` or ``text`` (``repeated id``: the first line is
+  used), each also one line in the log;
 - ``template_mismatch``, only if there is any: the transcripts whose prompt (the chat
   template's pieces around the transcript's own tokens, as training and the text-conditioned
   answers build it) differs from what the LLM's ``apply_chat_template`` makes of the same
   message, with both token sequences (see `FrozenLLM.template_mismatch`).
 
-An utterance whose audio cannot be used (unreadable, empty, non-finite, multi-channel) is
-reported on one line and dropped, never fatal. With ``--filter true`` (training and validation
-sets) so are utterances shorter than ``--min_duration`` or longer than ``--max_duration``
-seconds, and those whose transcript is missing, empty or longer than ``--max_tokens`` tokens.
+An utterance whose audio cannot be used (missing, empty, cut short or not audio, NaN samples,
+a failing pipe, a segment past its recording's end), whose line in a file is not UTF-8, or
+that is in ``text`` but has no audio, is reported on one line and dropped, never fatal; audio
+of several channels is downmixed, any sample rate resampled. With ``--filter true`` (training
+and validation sets) so are utterances shorter than ``--min_duration`` or longer than
+``--max_duration`` seconds, silent ones (every sample 0: a transcript over no sound teaches
+the tokenizer to hear words in silence), and those whose transcript is missing, empty or
+longer than ``--max_tokens`` tokens. The summary line counts each reason; the exit status is
+1 only when no utterance is kept.
 Only the LLM's tokenizer and config are loaded. The output depends on the input and the options, not on
 ``--nj``; a rerun replaces it.
 """
@@ -82,11 +89,15 @@ NOT_COPIED = {
 
 # Why an utterance is dropped: how its line in `dropped` starts, and the summary's words.
 UNUSABLE_AUDIO = "unusable audio"
+UNREADABLE_LINE = "unreadable line"
+MISSING_AUDIO = "missing audio"
 TOO_SHORT = "too short"
 TOO_LONG = "too long"
+SILENT = "silent audio"
 MISSING_TEXT = "missing transcript"
 EMPTY_TEXT = "empty transcript"
 TOO_MANY_TOKENS = "too many tokens"
+REPEATED_ID = "repeated id"
 
 Drop = Tuple[str, str]  # (reason, detail or "")
 Outcome = Tuple[str, Optional[int], Optional[Drop]]  # (utt_id, num_samples, drop)
@@ -155,6 +166,8 @@ class AudioWriter:
                 return utt_id, None, (TOO_SHORT, f"{duration:.2f} s < {shortest} s")
             if duration > longest:
                 return utt_id, None, (TOO_LONG, f"{duration:.2f} s > {longest} s")
+            if not speech.any():
+                return utt_id, None, (SILENT, "every sample is 0")
         # Scaling by 2^15, as soundfile does when it reads 16-bit audio, makes a 16-bit
         # source at the target rate round-trip exactly; resampling may overshoot ±1.
         pcm = np.clip(np.round(speech * 32768), -32768, 32767).astype(np.int16)
@@ -203,21 +216,42 @@ def run_groups(
         yield from pool.imap(_run_worker, groups, chunksize=8)
 
 
+def drop_line(drop: Drop) -> str:
+    """How a drop reads in the log and in ``dropped``: ``reason: detail``."""
+    reason, detail = drop
+    return f"{reason}: {detail}" if detail else reason
+
+
+def report(utt_id: str, drop: Drop) -> None:
+    """One line in the log, above the progress bar."""
+    tqdm.write(f"{PROG}: {utt_id}: {drop_line(drop)} (dropped)", file=sys.stderr)
+
+
 def write_audio(
     writer: AudioWriter, utt_ids: List[str], nj: int, name: str
 ) -> List[Outcome]:
-    """Write the audio of `utt_ids`; each utterance with unusable audio is reported."""
+    """Write the audio of `utt_ids`; each utterance dropped is reported."""
     outcomes: List[Outcome] = []
     with tqdm(total=len(utt_ids), unit="utt", desc=name) as progress:
         for group in run_groups(writer, recording_groups(writer.data, utt_ids), nj):
             for utt_id, _, drop in group:
-                if drop is not None and drop[0] == UNUSABLE_AUDIO:
-                    tqdm.write(
-                        f"{PROG}: {utt_id}: {drop[1]} (dropped)", file=sys.stderr
-                    )
+                if drop is not None:
+                    report(utt_id, drop)
             outcomes.extend(group)
             progress.update(len(group))
     return outcomes
+
+
+def unmatched(
+    data: DataDir, utt_ids: List[str], texts: Dict[str, str]
+) -> Dict[str, Drop]:
+    """Ids dropped before their audio is read: a line of theirs that cannot be read (in
+    ``wav.scp``, ``segments``, ``text``...), or a transcript without audio."""
+    dropped = {key: (UNREADABLE_LINE, why) for key, why in data.left_out.items()}
+    audio = "segments" if data.segments is not None else "wav.scp"
+    for key in set(texts) - set(utt_ids) - set(dropped):
+        dropped[key] = (MISSING_AUDIO, f"in text, not in {audio}")
+    return dropped
 
 
 def tokenize(tokenizer, texts: Dict[str, str]) -> Dict[str, List[int]]:
@@ -254,13 +288,16 @@ def check_text(
     return None
 
 
-def summary(name: str, kept: int, dropped: Dict[str, Drop]) -> str:
-    """``train: 3,412 kept, 17 dropped (too long: 12, unusable audio: 3, …)``."""
+def summary(name: str, kept: int, dropped: Dict[str, Drop], repeated: int) -> str:
+    """``train: 3,412 kept, 17 dropped (too long: 12, unusable audio: 3, …)``, and how many
+    ids had a second line."""
     counts = Counter(reason for reason, _ in dropped.values())
     reasons = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     text = f"{name}: {kept:,} kept, {len(dropped):,} dropped"
     if reasons:
         text += " (" + ", ".join(f"{r}: {n:,}" for r, n in reasons) + ")"
+    if repeated:
+        text += f"; {repeated:,} ids with a second line (the first is used)"
     return text
 
 
@@ -282,7 +319,10 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     utt_ids = sorted(data.utt_ids)
     # Written text is whitespace-normalized, so its ids are those of the normalized text.
     texts = {key: " ".join(value.split()) for key, value in data.text().items()}
-    extras = utterance_files(args.in_dir, set(utt_ids), NOT_COPIED)
+    extras = utterance_files(data, set(utt_ids), NOT_COPIED)
+    utt2spk = (
+        data.speakers()
+    )  # read now, so that its unreadable lines are reported below
     llm = FrozenLLM(args.llm, trust_remote_code=args.trust_remote_code)
     tokenizer = llm.tokenizer
     token_ids = {"text": tokenize(tokenizer, texts)}
@@ -290,12 +330,17 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
         responses = {k: " ".join(v.split()) for k, v in extras["response"].items()}
         token_ids["response"] = tokenize(tokenizer, responses)
 
-    dropped: Dict[str, Drop] = {}
+    dropped = unmatched(data, utt_ids, texts)
     if args.filter:
         for utt_id in utt_ids:
             drop = check_text(utt_id, texts, token_ids["text"], args.max_tokens)
-            if drop is not None:
+            if drop is not None and utt_id not in dropped:
                 dropped[utt_id] = drop
+    for utt_id, drop in dropped.items():
+        report(utt_id, drop)
+    repeated = {key: r for key, r in data.repeated.items() if key not in dropped}
+    for key, reason in repeated.items():
+        report(key, (REPEATED_ID, reason))
     audio_dir = out_dir / "data"
     audio_dir.mkdir(parents=True, exist_ok=True)
     writer = AudioWriter(
@@ -336,7 +381,7 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
             f"all {len(kept_texts)} transcripts are tokenized inside the chat template "
             "as on their own"
         )
-    utt2spk, spk2utt = speaker_maps(args.in_dir, kept)
+    utt2spk, spk2utt = speaker_maps(utt2spk, kept)
     outputs = {
         "wav.scp": {utt_id: str(writer.path(utt_id)) for utt_id in kept},
         "utt2num_samples": {utt_id: str(num_samples[utt_id]) for utt_id in kept},
@@ -344,8 +389,8 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
         "utt2spk": utt2spk,
         "spk2utt": spk2utt,
         "dropped": {
-            utt_id: f"{reason}: {detail}" if detail else reason
-            for utt_id, (reason, detail) in dropped.items()
+            **{key: drop_line((REPEATED_ID, r)) for key, r in repeated.items()},
+            **{utt_id: drop_line(drop) for utt_id, drop in dropped.items()},
         },
     }
     for name, values in extras.items():
@@ -366,7 +411,7 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     if extras:
         logging.info(f"copied the per-utterance files {', '.join(extras)}")
     logging.info(f"wrote {out_dir}; dropped utterances are listed in {out_dir}/dropped")
-    return summary(args.out_dir.name, len(kept), dropped), len(kept)
+    return summary(args.out_dir.name, len(kept), dropped, len(repeated)), len(kept)
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

@@ -12,6 +12,11 @@ ended the answer (so an empty answer is still a line), ``<output_dir>/response``
 ``uttid value`` line each, and ``token_ids.json`` which tokenizer made the ids; ids that
 ``format_data`` made in ``--data_dir`` with another LLM's tokenizer are refused.
 
+An instruction that is empty, whose line is not UTF-8, or that the key file lists but the data
+dir lacks is reported, listed with the reason in ``<output_dir>/skipped`` and left out (as is
+a second line for an id: the first is used); the run fails only when nothing could be
+answered.
+
 Resumable: every answer is appended to ``<output_dir>/responses.jsonl`` as soon as its batch is
 done; a rerun skips what is there, so a killed run continues without answering an utterance
 twice or losing one.
@@ -20,8 +25,9 @@ twice or losing one.
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -36,6 +42,7 @@ from espnet_alignchat.cli import (
 from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
 from espnet_alignchat.llm import DTYPES, SPEECH_PLACEHOLDER, FrozenLLM
 from espnet_alignchat.provenance import check_record, write_record
+from espnet_alignchat.skips import SkipList
 
 LOG = "responses.jsonl"
 
@@ -77,18 +84,35 @@ def read_done(log: Path) -> Dict[str, dict]:
     return done
 
 
-def generate(args: argparse.Namespace) -> None:
+def select_instructions(
+    path: Path, key_file: Optional[Path], skips: SkipList
+) -> Tuple[Dict[str, str], List[str]]:
+    """The instructions of `path` and the keys to answer (those of `key_file`, if given);
+    the ids that cannot be answered are reported in `skips`."""
+    left_out: Dict[str, str] = {}
+    instructions = read_kaldi_map(path, left_out)
+    skips.add_all(left_out)
+    keys = list(instructions)
+    if key_file is not None:
+        keys = list(read_kaldi_map(key_file, left_out))
+        skips.add_all(left_out)
+    todo = []
+    for key in keys:
+        if key not in instructions:
+            skips.add(key, f"no line in {path}")
+        elif not instructions[key].strip():
+            skips.add(key, "the text is empty")
+        else:
+            todo.append(key)
+    return instructions, todo
+
+
+def generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    instructions = read_kaldi_map(args.data_dir / args.text_name)
-    keys: List[str] = list(instructions)
-    if args.key_file is not None:
-        keys = list(read_kaldi_map(args.key_file))
-        missing = [key for key in keys if key not in instructions]
-        for key in missing:
-            logging.warning(
-                f"{key}: no line in {args.data_dir / args.text_name} (skipped)"
-            )
-        keys = [key for key in keys if key in instructions]
+    skips = SkipList()
+    instructions, keys = select_instructions(
+        args.data_dir / args.text_name, args.key_file, skips
+    )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     log = args.output_dir / LOG
@@ -131,21 +155,28 @@ def generate(args: argparse.Namespace) -> None:
         {k: " ".join(map(str, r["ids"])) for k, r in finished.items()},
     )
     write_record(args.output_dir, args.llm, llm.tokenizer, ["response_int"])
+    skips.write(args.output_dir / "skipped")
     stops = set(llm.stop_token_ids)
     cut = sum(not r["ids"] or r["ids"][-1] not in stops for r in finished.values())
-    logging.info(f"{len(finished)} answers in {args.output_dir}")
+    logging.info(
+        f"{len(finished)} answers in {args.output_dir}"
+        + skips.summary(args.output_dir / "skipped")
+    )
     if cut:
         logging.warning(
             f"{cut} answers reached --max_new_tokens {args.max_new_tokens} before the LLM "
             "ended them; stage 2 will teach the speech tokenizer to stop there too"
         )
+    return 0 if finished or not skips else 1
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     setup_logging(args.log_level)
     with exit_on_user_error("generate_responses"):
-        generate(args)
+        status = generate(args)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

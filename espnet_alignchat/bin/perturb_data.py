@@ -197,11 +197,9 @@ def write_outputs(
     kept = sorted(written)
     outputs = {
         name: {utt_id: values[utt_id] for utt_id in kept if utt_id in values}
-        for name, values in utterance_files(
-            args.in_dir, set(data.utt_ids), NOT_COPIED
-        ).items()
+        for name, values in utterance_files(data, set(data.utt_ids), NOT_COPIED).items()
     }
-    outputs["utt2spk"], outputs["spk2utt"] = speaker_maps(args.in_dir, kept)
+    outputs["utt2spk"], outputs["spk2utt"] = speaker_maps(data.speakers(), kept)
     outputs["wav.scp"] = written
     outputs["skipped"] = skipped
     for name, values in outputs.items():

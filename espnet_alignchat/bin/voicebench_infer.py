@@ -18,12 +18,16 @@ speech; ``text`` gives the frozen LLM the prompt's text where the speech would g
 Input, read from local files only: ``--jsonl``, one JSON object per line with the text in
 ``prompt`` and the path of the audio (any format soundfile reads, relative to the JSONL's
 folder) in ``audio`` (``--text_field``, ``--audio_field``); or ``--data_dir``, a Kaldi data dir
-whose ``wav.scp`` and ``text`` become items ``{"key": <utt id>, "prompt": <text>}``. A line
-that is not JSON or lacks the field a modality needs, and audio that cannot be read, are
-reported by file and line (or utterance) and left out.
+whose ``wav.scp`` and ``text`` become items ``{"key": <utt id>, "prompt": <text>}``. A
+UTF-8 byte-order mark and CRLF line ends are read as they should be. A line that is not UTF-8
+or not JSON, an item without the field a modality needs or with an empty prompt, and audio
+that cannot be read are reported by file and line (or utterance), listed with the reason in
+``<output file>.skipped`` beside each output file, and left out; the run fails only when no
+item could be answered.
 """
 
 import argparse
+import codecs
 import json
 import logging
 import sys
@@ -37,10 +41,11 @@ from espnet2.utils.types import str_or_none
 from tqdm import tqdm
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
-from espnet_alignchat.datadir import DataDir
+from espnet_alignchat.datadir import DataDir, not_utf8
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import load_speech
 from espnet_alignchat.model import OUTPUT_MODES
+from espnet_alignchat.skips import SkipList
 from espnet_alignchat.voicebench import MAX_NEW_TOKENS, AlignChatAssistant
 
 MODALITIES = ("audio", "text")
@@ -85,20 +90,29 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_jsonl(path: Path, audio_field: str) -> Iterator[Item]:
-    """Items of a JSONL file; bad lines are logged and left out."""
-    with open(path, encoding="utf-8") as f:
+def read_jsonl(
+    path: Path, audio_field: str, skips: Optional[SkipList] = None
+) -> Iterator[Item]:
+    """Items of a JSONL file, named ``<file name>:<line>``; lines that cannot be read are
+    reported (in `skips`, if given) and left out."""
+    skips = SkipList() if skips is None else skips
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
+            if number == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)
             if not line.strip():
                 continue
-            name = f"{path}:{number}"
+            name = f"{path.name}:{number}"
             try:
-                fields = json.loads(line)
+                fields = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                skips.add(name, not_utf8(line, error))
+                continue
             except json.JSONDecodeError as error:
-                logging.warning(f"{name}: not JSON ({error}) (skipped)")
+                skips.add(name, f"not JSON ({error})")
                 continue
             if not isinstance(fields, dict):
-                logging.warning(f"{name}: not a JSON object (skipped)")
+                skips.add(name, "not a JSON object")
                 continue
             audio = fields.pop(audio_field, None)
             speech = None
@@ -114,9 +128,10 @@ def _speech(path: str, name: str, rate: int) -> np.ndarray:
         raise InputError(f"{name}: {error}") from error
 
 
-def read_data_dir(path: Path) -> Iterator[Item]:
+def read_data_dir(path: Path, skips: SkipList) -> Iterator[Item]:
     data = DataDir(path)
     texts = data.text() if (path / "text").is_file() else {}
+    skips.add_all({**data.repeated, **data.left_out})
     for utt_id in data.utt_ids:
         fields = {"key": utt_id, "prompt": texts.get(utt_id)}
         yield Item(utt_id, fields, partial(data.speech, utt_id))
@@ -133,6 +148,7 @@ def answer(
     modality: str,
     args: argparse.Namespace,
     out: TextIO,
+    skips: SkipList,
 ) -> int:
     """Write one output line per item answered; returns how many."""
     rate = assistant.chat.sample_rate
@@ -148,7 +164,7 @@ def answer(
                         inputs.append(item.fields[args.text_field])
                     done.append(item)
                 except InputError as error:
-                    logging.warning(f"{error} (skipped)")
+                    skips.add_message(item.name, error)
             if inputs:
                 generate = (
                     assistant.generate_audio_batch
@@ -163,24 +179,30 @@ def answer(
     return answered
 
 
-def usable(items: List[Item], modality: str, text_field: str) -> List[Item]:
-    """The items that have what `modality` needs; the others are logged."""
+def usable(
+    items: List[Item], modality: str, text_field: str, skips: SkipList
+) -> List[Item]:
+    """The items that have what `modality` needs; the others are reported in `skips`."""
     kept = []
     for item in items:
+        text = item.fields.get(text_field)
         if modality == "audio" and item.speech is None:
-            logging.warning(f"{item.name}: no audio path (skipped)")
-        elif modality == "text" and not isinstance(item.fields.get(text_field), str):
-            logging.warning(f"{item.name}: no text in '{text_field}' (skipped)")
+            skips.add(item.name, "no audio path")
+        elif modality == "text" and not isinstance(text, str):
+            skips.add(item.name, f"no text in '{text_field}'")
+        elif modality == "text" and not text.strip():
+            skips.add(item.name, f"the text in '{text_field}' is empty")
         else:
             kept.append(item)
     return kept
 
 
 def infer(args: argparse.Namespace) -> int:
+    unread = SkipList()  # what every modality misses
     if args.jsonl is not None:
-        items = list(read_jsonl(args.jsonl, args.audio_field))
+        items = list(read_jsonl(args.jsonl, args.audio_field, unread))
     else:
-        items = list(read_data_dir(args.data_dir))
+        items = list(read_data_dir(args.data_dir, unread))
     data = args.data or (args.jsonl.stem if args.jsonl else args.data_dir.name)
     assistant = AlignChatAssistant(
         args.model,
@@ -190,17 +212,22 @@ def infer(args: argparse.Namespace) -> int:
         output_mode=args.output_mode,
     )
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    missing = 0
+    total = 0
     for modality in args.modality:
         path = (
             args.output_dir / f"{args.model_name}-{data}-{args.split}-{modality}.jsonl"
         )
-        todo = usable(items, modality, args.text_field)
+        skips = SkipList(told=unread.reasons)
+        todo = usable(items, modality, args.text_field, skips)
         with open(path, "w", encoding="utf-8") as out:
-            answered = answer(assistant, todo, modality, args, out)
-        logging.info(f"{path}: {answered} of {len(items)} items answered")
-        missing += len(items) - answered
-    return 1 if missing and missing == len(items) * len(args.modality) else 0
+            answered = answer(assistant, todo, modality, args, out, skips)
+        skips.write(path.with_name(f"{path.name}.skipped"))
+        logging.info(
+            f"{path}: {answered} of {len(items) + len(unread)} items answered"
+            + skips.summary(path.with_name(f"{path.name}.skipped"))
+        )
+        total += answered
+    return 0 if total or not (items or unread) else 1
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

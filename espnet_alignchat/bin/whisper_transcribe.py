@@ -23,6 +23,7 @@ from transformers import AutoProcessor, WhisperForConditionalGeneration
 from espnet_alignchat.bin.alignchat_inference import batches, select_keys
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import DataDir, write_kaldi_map
+from espnet_alignchat.skips import SkipList
 
 PROG = "whisper_transcribe"
 
@@ -72,12 +73,13 @@ class WhisperASR:
 def transcribe(args: argparse.Namespace) -> int:
     asr = WhisperASR(args.model, "cuda" if args.ngpu > 0 else "cpu", args.num_beams)
     data = DataDir(args.data_dir)
-    keys = select_keys(data.utt_ids, args.key_file)
+    skips = SkipList()
+    skips.add_all({**data.repeated, **data.left_out})  # lines of wav.scp or segments
+    keys = select_keys(data, args.key_file, skips)
     lengths = data.num_samples()
     if lengths is not None:  # similar lengths in a batch
         keys = sorted(keys, key=lambda key: -lengths.get(key, 0))
     texts: Dict[str, str] = {}
-    skipped: Dict[str, str] = {}
     with tqdm(total=len(keys), unit="utt", desc="whisper") as progress:
         for batch in batches(keys, args.batch_size):
             loaded = []
@@ -85,8 +87,7 @@ def transcribe(args: argparse.Namespace) -> int:
                 if problem is None:
                     loaded.append((key, speech))
                 else:
-                    tqdm.write(f"{PROG}: {problem} (skipped)", file=sys.stderr)
-                    skipped[key] = problem
+                    skips.add_message(key, problem)
             if loaded:
                 hypotheses = asr([speech for _, speech in loaded], args.max_new_tokens)
                 texts.update(zip([key for key, _ in loaded], hypotheses))
@@ -94,13 +95,12 @@ def transcribe(args: argparse.Namespace) -> int:
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_kaldi_map(args.output_dir / "text", texts)
-    if skipped:
-        write_kaldi_map(args.output_dir / "skipped", skipped)
+    skips.write(args.output_dir / "skipped")
     logging.info(
-        f"{len(texts)} of {len(keys)} utterances transcribed into {args.output_dir}/text"
-        + (f"; {len(skipped)} skipped, listed in skipped" if skipped else "")
+        f"{len(texts)} utterances transcribed into {args.output_dir}/text"
+        + skips.summary(args.output_dir / "skipped")
     )
-    return 0 if texts or not keys else 1
+    return 0 if texts or not (keys or skips) else 1
 
 
 def main(cmd: Optional[List[str]] = None) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import TextIteratorStreamer
 
-from espnet_alignchat.datadir import read_audio, resample
+from espnet_alignchat.datadir import read_audio_file, resample
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import PromptError, PromptPiece, Turn
 from espnet_alignchat.model import AlignChatModel
@@ -88,7 +88,9 @@ def load_speech(speech: Speech, rate: int, name: str) -> np.ndarray:
     if isinstance(speech, (str, Path)):
         name = str(speech)
         try:
-            samples, source_rate = read_audio(name)
+            # A file and nothing else: a user's path is never run as a wav.scp pipe
+            # command (`read_audio`) nor read as a Kaldi ark offset.
+            samples, source_rate = read_audio_file(name)
         except Exception as error:  # soundfile, kaldiio and pipes raise many kinds
             raise InputError(f"{name}: cannot read audio: {error}") from error
     elif isinstance(speech, dict):

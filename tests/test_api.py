@@ -123,6 +123,14 @@ def test_bad_speech_is_named(chat, tmp_path):
         chat([{"role": "assistant", "content": "hi"}])
 
 
+def test_a_path_is_a_file_never_a_command(chat, tmp_path):
+    """wav.scp's pipe entries are for data dirs: a path given to the API is not run."""
+    ran = tmp_path / "ran"
+    with pytest.raises(InputError, match="cannot read audio"):
+        chat(f"touch {ran} |")
+    assert not ran.exists()
+
+
 def test_another_llm_is_refused(tiny_recipe, other_llm):
     with pytest.raises(LLMMismatchError, match="trained for the LLM"):
         Speech2Chat.from_pretrained(tiny_recipe / "exp/tiny", llm=str(other_llm))

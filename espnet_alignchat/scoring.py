@@ -280,7 +280,8 @@ def score_decode_dir(
             raise InputError(f"{data_dir / 'utt2spk'}: no line for utterance {utt_id}")
     answers = read_answers(data_dir, references)
     transcribed = (decode_dir / TRANSCRIPT).is_file()
-    names = [SPEECH_RESPONSE, TEXT_RESPONSE] + ([TRANSCRIPT] if transcribed else [])
+    names = [TRANSCRIPT] if transcribed else []
+    names += [SPEECH_RESPONSE, TEXT_RESPONSE]
     names += [name for name in OPTIONAL if (decode_dir / name).is_file()]
     decoded, missing = {}, {}
     for name in names:

@@ -251,6 +251,7 @@ class Sweep:
     budget: str = "epochs"
     run_args: Sequence[str] = ()
     configs: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    decode_config: Optional[str] = None
     positions_utterances: int = 100
     fs: int = 16000
     dumpdir: Path = Path("dump/raw")
@@ -260,6 +261,7 @@ class Sweep:
     def __post_init__(self) -> None:
         self.world = WORLDS[self.world_name]
         self.configs = {**self.world.configs, **self.configs}
+        self.decode_config = self.decode_config or self.world.decode_config
         self.dir = Path("exp") / self.sweep_tag
         self.record_path = self.dir / "sweep.json"
         self.record = (
@@ -312,6 +314,7 @@ class Sweep:
         command += ["--pretrain_config", str(configs[0])]
         command += ["--instruct_config", str(configs[1])]
         command += ["--pretrain_tag", pretrain_tag, "--instruct_tag", instruct_tag]
+        command += ["--inference_config", self.decode_config]
         command += ["--inference_tag", DECODE_TAG]
         # The test set's Whisper cascade does not depend on the model: once is enough.
         command += ["--cascade_asr", ""]
@@ -379,7 +382,7 @@ class Sweep:
         point["positions"] = self.positions(
             decode.parent.parent,
             self.dumpdir / self.world.test_set,
-            Path(self.world.decode_config),
+            Path(self.decode_config),
             self.positions_utterances,
         )
         point["positions_cpu_s"] = time.process_time() - start

@@ -70,8 +70,8 @@ pretrain_args=""      # extra options of alignchat_train, e.g. "--max_epoch 20"
 instruct_args=""
 pretrain_model=valid.acc.ave.pth  # stage-1 checkpoint that initialises stage 2
 cache_encoder_outputs=false  # a frozen pretrained encoder runs once (stage 3), not every step
-encoder_cache_tag=""  # names those outputs (default: the stage-1 tag); experiments on the same
-                      # frozen encoder share them (e.g. local/data_sweep.sh's)
+encoder_cache_tag=""  # names those outputs (default: the stage-1 tag), so experiments on the
+                      # same frozen encoder share them (e.g. bin/data_sweep's experiments)
 
 # Self-generation
 generate_batch_size=32
@@ -169,7 +169,7 @@ normalize_opts() {
     fi
 }
 
-# Where stage 3 keeps a frozen encoder's outputs for a set, named after the stage-1 config.
+# Where stage 3 keeps a frozen encoder's outputs for a set (--encoder_cache_tag).
 encoder_cache() { echo "${dumpdir}/$1/encoder_out_${encoder_cache_tag}"; }
 
 # The list of a set's training inputs: its audio, or the cached encoder outputs.

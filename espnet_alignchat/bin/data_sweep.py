@@ -71,6 +71,9 @@ def get_parser() -> argparse.ArgumentParser:
             help="its training configs (default: the world's)",
         )
     parser.add_argument(
+        "--decode_config", default=None, help="stage 7's (default: the world's)"
+    )
+    parser.add_argument(
         "--positions_utterances",
         type=int,
         default=100,
@@ -108,6 +111,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
             budget=args.budget,
             run_args=shlex.split(args.run_args),
             configs=configs,
+            decode_config=args.decode_config,
             positions_utterances=args.positions_utterances,
         )
         try:

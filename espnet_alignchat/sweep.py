@@ -41,8 +41,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from espnet_alignchat.atomic import atomic_write_text
+from espnet_alignchat.benchmarking import positions_per_second, read_utterances
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.errors import InputError
+from espnet_alignchat.inference import load_model
 
 MODEL_TYPES = ("alignchat", "frame_adapter")
 BUDGETS = ("epochs", "steps")
@@ -226,9 +228,6 @@ def measure_positions(
     model_dir: Path, data_dir: Path, decode_config: Path, limit: int
 ) -> Dict[str, float]:
     """LLM positions per second of speech a trained model feeds, on `limit` utterances."""
-    from espnet_alignchat.benchmarking import positions_per_second, read_utterances
-    from espnet_alignchat.inference import load_model
-
     decode = yaml.safe_load(decode_config.read_text()) or {}
     search = {name: decode[name] for name in SEARCH_OPTIONS if name in decode}
     model = load_model(model_dir, INFERENCE_MODEL)

@@ -12,18 +12,26 @@ from typing import Iterator, TextIO, Union
 
 
 @contextmanager
-def atomic_open(path: Union[str, Path]) -> Iterator[TextIO]:
-    """A text file (UTF-8) that appears under `path` only when the block ends normally."""
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """A path to write `path`'s content to (with any writer, e.g. an audio library); it
+    becomes `path` only when the block ends normally."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: Union[str, Path]) -> Iterator[TextIO]:
+    """A text file (UTF-8) that appears under `path` only when the block ends normally."""
+    with atomic_path(path) as partial:
         with open(partial, "w", encoding="utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:

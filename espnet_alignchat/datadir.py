@@ -8,7 +8,7 @@ a Kaldi ark offset (``foo.ark:123``) or a command ending in ``|`` whose output i
 import io
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import kaldiio
 import numpy as np
@@ -42,6 +42,43 @@ def write_kaldi_map(path: Path, entries: Dict[str, str]) -> None:
     with atomic_open(path) as f:
         for key in sorted(entries):
             f.write(f"{key} {' '.join(entries[key].split())}\n")
+
+
+def utterance_files(
+    in_dir: Path, utt_ids: Set[str], exclude: Set[str]
+) -> Dict[str, Dict[str, str]]:
+    """The files of `in_dir` keyed by utterance (``answer``, ``utt2kind``…) but those named in
+    `exclude`, by name.
+
+    A file counts when most of its keys are utterances: a subset of a data dir may have kept
+    a full ``answer`` file, while files keyed by speaker or recording do not match.
+    """
+    found: Dict[str, Dict[str, str]] = {}
+    for path in sorted(in_dir.iterdir()):
+        if path.name in exclude or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:  # binary, so not a Kaldi text file
+            continue
+        keys = {line.split(maxsplit=1)[0] for line in lines if line.strip()}
+        if 2 * len(keys & utt_ids) > len(keys):
+            found[path.name] = read_kaldi_map(path)
+    return found
+
+
+def speaker_maps(
+    in_dir: Path, kept: List[str]
+) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """``utt2spk`` and ``spk2utt`` of the kept utterances."""
+    path = in_dir / "utt2spk"
+    # Without speakers (common in chat test sets) each utterance is its own speaker.
+    utt2spk = read_kaldi_map(path) if path.is_file() else {}
+    speakers = {utt_id: utt2spk.get(utt_id, utt_id) for utt_id in kept}
+    spk2utt: Dict[str, List[str]] = {}
+    for utt_id in kept:
+        spk2utt.setdefault(speakers[utt_id], []).append(utt_id)
+    return speakers, {spk: " ".join(utts) for spk, utts in spk2utt.items()}
 
 
 def read_audio(entry: str) -> Tuple[np.ndarray, int]:

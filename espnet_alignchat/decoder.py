@@ -256,6 +256,14 @@ class SpeechTokenDecoder(nn.Module):
         """Positions before the first token's prediction (the start vectors)."""
         return self.start.view(-1, self.attention_dim).shape[0]
 
+    @property
+    def max_tokens(self) -> Optional[int]:
+        """The most tokens a sequence can have: the ``whisper`` vocabulary's learned
+        positions after the start vectors; None (no limit) for ``llm``."""
+        if self.vocabulary == "llm":
+            return None
+        return self.positions.shape[0] - self.prefix_length
+
     def embed_tokens(self, token_ids: torch.Tensor) -> Optional[torch.Tensor]:
         """The ``whisper`` vocabulary's input vectors of `token_ids`; None for ``llm``, whose
         input is the LLM's own embeddings (the model gives them)."""

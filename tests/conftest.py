@@ -116,6 +116,51 @@ def tiny_model_args(llm: Path, **model_conf) -> argparse.Namespace:
     return args
 
 
+# A batch of three utterances for models built by `build`.
+TRANSCRIPTS = ["what is two plus three", "hello world", "say yes please"]
+ANSWERS = ["five", "hello", "yes"]
+
+
+def pad(sequences, value):
+    return torch.nn.utils.rnn.pad_sequence(
+        sequences, batch_first=True, padding_value=value
+    )
+
+
+@pytest.fixture(scope="module")
+def batch():
+    tokenizer = build_tokenizer()
+    rng = np.random.default_rng(0)
+    waves = [torch.from_numpy(tone(text.split(), rng)) for text in TRANSCRIPTS]
+
+    def ids(texts):
+        seqs = [
+            torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"])
+            for t in texts
+        ]
+        return pad(seqs, -1), torch.tensor([len(s) for s in seqs])
+
+    text, text_lengths = ids(TRANSCRIPTS)
+    response, response_lengths = ids(ANSWERS)
+    return dict(
+        speech=pad(waves, 0.0),
+        speech_lengths=torch.tensor([len(w) for w in waves]),
+        text=text,
+        text_lengths=text_lengths,
+        response=response,
+        response_lengths=response_lengths,
+        utt_id=["a", "b", "c"],  # what ESPnet's trainer adds
+    )
+
+
+def build(llm: Path, **model_conf):
+    """A tiny speech tokenizer (`tiny_model_args`), the same weights for the same seed."""
+    from espnet_alignchat.task import AlignChatTask
+
+    torch.manual_seed(0)
+    return AlignChatTask.build_model(tiny_model_args(llm, **model_conf))
+
+
 # A spoken-QA toy set: transcript and the answer a stage-2 model is trained on.
 UTTERANCES = {
     f"spk{s}_utt{i}": {"text": text, "response": answer}

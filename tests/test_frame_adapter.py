@@ -5,17 +5,14 @@ import hashlib
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import (
     UTTERANCES,
-    build_tokenizer,
     collect_stats,
     one_thread,
     tiny_model_args,
-    tone,
     train,
     write_data_dir,
 )
@@ -36,7 +33,6 @@ from espnet_alignchat.session import ChatSession
 from espnet_alignchat.task import AlignChatTask
 
 FRAME_STACK = 2  # the tiny conformer's 25 Hz frames in pairs: 12.5 Hz
-TRANSCRIPTS = ["what is two plus three", "hello world", "say yes please"]
 
 
 def build(llm, **model_conf) -> FrameAdapterModel:
@@ -44,24 +40,6 @@ def build(llm, **model_conf) -> FrameAdapterModel:
     args = tiny_model_args(llm, frame_stack=FRAME_STACK, **model_conf)
     args.model = "frame_adapter"
     return AlignChatTask.build_model(args)
-
-
-@pytest.fixture(scope="module")
-def batch():
-    tokenizer = build_tokenizer()
-    rng = np.random.default_rng(0)
-    waves = [torch.from_numpy(tone(text.split(), rng)) for text in TRANSCRIPTS]
-    ids = [
-        torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-        for text in TRANSCRIPTS
-    ]
-    return dict(
-        speech=torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),
-        speech_lengths=torch.tensor([len(w) for w in waves]),
-        text=torch.nn.utils.rnn.pad_sequence(ids, True, -1),
-        text_lengths=torch.tensor([len(i) for i in ids]),
-        utt_id=["a", "b", "c"],
-    )
 
 
 def test_one_vector_per_frame_group_where_the_words_go(tiny_llm, batch):

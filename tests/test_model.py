@@ -1,53 +1,12 @@
 """AlignChatModel: what each stage trains, what it never touches, and what it saves."""
 
-import numpy as np
 import pytest
 import torch
-from conftest import build_tokenizer, refuse_llm_loading, tiny_model_args, tone
+from conftest import build, refuse_llm_loading, tiny_model_args
 
 import espnet_alignchat.llm
 from espnet_alignchat.llm import LLMMismatchError
 from espnet_alignchat.task import AlignChatTask
-
-TRANSCRIPTS = ["what is two plus three", "hello world", "say yes please"]
-ANSWERS = ["five", "hello", "yes"]
-
-
-def pad(sequences, value):
-    return torch.nn.utils.rnn.pad_sequence(
-        sequences, batch_first=True, padding_value=value
-    )
-
-
-@pytest.fixture(scope="module")
-def batch():
-    tokenizer = build_tokenizer()
-    rng = np.random.default_rng(0)
-    waves = [torch.from_numpy(tone(text.split(), rng)) for text in TRANSCRIPTS]
-
-    def ids(texts):
-        seqs = [
-            torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"])
-            for t in texts
-        ]
-        return pad(seqs, -1), torch.tensor([len(s) for s in seqs])
-
-    text, text_lengths = ids(TRANSCRIPTS)
-    response, response_lengths = ids(ANSWERS)
-    return dict(
-        speech=pad(waves, 0.0),
-        speech_lengths=torch.tensor([len(w) for w in waves]),
-        text=text,
-        text_lengths=text_lengths,
-        response=response,
-        response_lengths=response_lengths,
-        utt_id=["a", "b", "c"],  # what ESPnet's trainer adds
-    )
-
-
-def build(llm, **model_conf):
-    torch.manual_seed(0)
-    return AlignChatTask.build_model(tiny_model_args(llm, **model_conf))
 
 
 def test_stage1_reads_the_embeddings_and_nothing_else(tiny_llm, batch, monkeypatch):
@@ -156,7 +115,9 @@ def test_stage2_on_expected_vectors_feeds_the_llm_what_decoding_feeds(tiny_llm, 
     memory = model.encode(batch["speech"], batch["speech_lengths"])
     with torch.no_grad():
         z, hidden = model.decoder(*memory, previous)
-        torch.testing.assert_close(fed[0], model.expected_vectors(z, hidden))
+        expected = model.expected_vectors(z, hidden)
+    for row, length in enumerate(batch["text_lengths"].tolist()):
+        torch.testing.assert_close(fed[0][row], expected[row, :length])
     assert all(p.grad is not None for p in model.decoder.parameters())
 
 

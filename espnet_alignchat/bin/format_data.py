@@ -44,7 +44,12 @@ from espnet2.utils.types import str2bool, str_or_none
 from tqdm import tqdm
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
-from espnet_alignchat.datadir import DataDir, read_kaldi_map, write_kaldi_map
+from espnet_alignchat.datadir import (
+    DataDir,
+    speaker_maps,
+    utterance_files,
+    write_kaldi_map,
+)
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import SPEECH_PLACEHOLDER, FrozenLLM
 from espnet_alignchat.provenance import RECORD, write_record
@@ -215,26 +220,6 @@ def write_audio(
     return outcomes
 
 
-def utterance_files(in_dir: Path, utt_ids: Set[str]) -> Dict[str, Dict[str, str]]:
-    """The other files of `in_dir` keyed by utterance (``answer``, ``utt2kind``…), by name.
-
-    A file counts when most of its keys are utterances: a subset of a data dir may have kept
-    a full ``answer`` file, while files keyed by speaker or recording do not match.
-    """
-    found: Dict[str, Dict[str, str]] = {}
-    for path in sorted(in_dir.iterdir()):
-        if path.name in NOT_COPIED or path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:  # binary, so not a Kaldi text file
-            continue
-        keys = {line.split(maxsplit=1)[0] for line in lines if line.strip()}
-        if 2 * len(keys & utt_ids) > len(keys):
-            found[path.name] = read_kaldi_map(path)
-    return found
-
-
 def tokenize(tokenizer, texts: Dict[str, str]) -> Dict[str, List[int]]:
     # One string at a time: a batch call would start the tokenizer's thread pool before
     # the audio workers are forked.
@@ -286,20 +271,6 @@ def remove_stale_audio(audio_dir: Path, kept: Set[str]) -> None:
             path.unlink()
 
 
-def speaker_maps(
-    in_dir: Path, kept: List[str]
-) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """``utt2spk`` and ``spk2utt`` of the kept utterances."""
-    path = in_dir / "utt2spk"
-    # Without speakers (common in chat test sets) each utterance is its own speaker.
-    utt2spk = read_kaldi_map(path) if path.is_file() else {}
-    speakers = {utt_id: utt2spk.get(utt_id, utt_id) for utt_id in kept}
-    spk2utt: Dict[str, List[str]] = {}
-    for utt_id in kept:
-        spk2utt.setdefault(speakers[utt_id], []).append(utt_id)
-    return speakers, {spk: " ".join(utts) for spk, utts in spk2utt.items()}
-
-
 def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     """Write ``args.out_dir``; returns the summary line and the number of kept utterances."""
     data = DataDir(args.in_dir)
@@ -311,7 +282,7 @@ def format_data(args: argparse.Namespace) -> Tuple[str, int]:
     utt_ids = sorted(data.utt_ids)
     # Written text is whitespace-normalized, so its ids are those of the normalized text.
     texts = {key: " ".join(value.split()) for key, value in data.text().items()}
-    extras = utterance_files(args.in_dir, set(utt_ids))
+    extras = utterance_files(args.in_dir, set(utt_ids), NOT_COPIED)
     llm = FrozenLLM(args.llm, trust_remote_code=args.trust_remote_code)
     tokenizer = llm.tokenizer
     token_ids = {"text": tokenize(tokenizer, texts)}

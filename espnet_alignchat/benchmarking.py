@@ -24,6 +24,7 @@ from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import FrozenLLM, PromptPiece, Turn
 from espnet_alignchat.model import AlignChatModel
 from espnet_alignchat.model_dir import locate_llm, read_config, resolve_paths
+from espnet_alignchat.speech_chat import SpeechChatMixin
 from espnet_alignchat.task import AlignChatTask
 
 SAMPLE_RATE = 16000
@@ -112,6 +113,27 @@ def adapter_positions(seconds: float, rate_hz: float) -> int:
     return int(np.ceil(seconds * rate_hz))
 
 
+def positions_per_second(
+    model: SpeechChatMixin,
+    utterances: Sequence[Utterance],
+    decoding: Dict,
+    batch_size: int,
+) -> Dict[str, float]:
+    """LLM input positions the speech takes, as inference feeds it: one per decoded token
+    (AlignChat; `decoding` is its speech tokenizer's search) or one per group of encoder
+    frames (the frame-rate adapter, which decodes nothing)."""
+    options = decoding if model.transcribes else {}
+    hypotheses = transcribe(model, utterances, options, batch_size)
+    seconds = sum(u.seconds for u in utterances)
+    count = sum(len(h.vectors) for h in hypotheses)
+    return dict(
+        utterances=len(utterances),
+        speech_seconds=seconds,
+        speech_positions=count,
+        speech_positions_per_second=count / seconds,
+    )
+
+
 def positions(
     model: AlignChatModel,
     utterances: Sequence[Utterance],
@@ -122,17 +144,11 @@ def positions(
     """LLM input positions the speech takes (one per decoded token) against the
     transcript's token count, and what frame-rate adapters would feed for the same audio.
     """
-    hypotheses = transcribe(model, utterances, decoding, batch_size)
-    seconds = sum(u.seconds for u in utterances)
-    speech = sum(len(h.token_ids) for h in hypotheses)
+    figures = positions_per_second(model, utterances, decoding, batch_size)
+    speech = figures["speech_positions"]
     transcript = sum(len(u.text_ids) for u in utterances)
-    figures = dict(
-        utterances=len(utterances),
-        speech_seconds=seconds,
-        transcript_tokens=transcript,
-        speech_positions=speech,
-        positions_per_transcript_token=speech / transcript,
-        speech_positions_per_second=speech / seconds,
+    figures.update(
+        transcript_tokens=transcript, positions_per_transcript_token=speech / transcript
     )
     for rate in adapter_rates:
         count = sum(adapter_positions(u.seconds, rate) for u in utterances)
@@ -143,7 +159,7 @@ def positions(
 
 # -- the speech tokenizer and the LLM, as inference runs them --------------------------------
 def transcribe(
-    model: AlignChatModel,
+    model: SpeechChatMixin,
     utterances: Sequence[Utterance],
     decoding: Dict,
     batch_size: int,

@@ -12,6 +12,9 @@
     chat.transcribe("question.wav")         # what the speech tokenizer heard, as text
     chat.tokenize("question.wav")           # the same as LLM token ids and vectors
 
+A frame-rate adapter model (``model: frame_adapter``) answers alike; it writes no transcript,
+so `transcribe` and ``history_as_text`` refuse it and its hypotheses have vectors only.
+
 Speech is a file path (any format soundfile reads, at any sample rate), ``(samples, rate)``,
 a ``{"array": samples, "sampling_rate": rate}`` dict (Hugging Face datasets < 4, VoiceBench),
 a torchcodec ``AudioDecoder`` (what datasets >= 4 gives for an Audio column), samples
@@ -35,7 +38,6 @@ from transformers import TextIteratorStreamer
 from espnet_alignchat.datadir import read_audio_file, resample
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.llm import PromptError, PromptPiece, Turn
-from espnet_alignchat.model import AlignChatModel
 from espnet_alignchat.model_dir import (
     find_model_file,
     locate_llm,
@@ -45,6 +47,7 @@ from espnet_alignchat.model_dir import (
 from espnet_alignchat.packing import unpacked
 from espnet_alignchat.preprocessor import check_speech
 from espnet_alignchat.search import Hypothesis
+from espnet_alignchat.speech_chat import SpeechChatMixin
 from espnet_alignchat.task import AlignChatTask
 
 # A path, (samples, rate), {"array", "sampling_rate"}, an AudioDecoder, samples, or a
@@ -60,7 +63,7 @@ def load_model(
     model_file: Optional[str] = None,
     llm: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
-) -> AlignChatModel:
+) -> SpeechChatMixin:
     """Rebuild a trained model from its ``config.yaml`` and checkpoint.
 
     Relative paths of the config are found from the model dir (see `model_dir`). `llm`
@@ -159,16 +162,17 @@ class Speech2Chat:
                                 LLM reads (pass it back as speech to answer it)
 
     Args:
-        model: a trained `AlignChatModel` (see `from_pretrained`).
+        model: a trained `AlignChatModel` or `FrameAdapterModel` (see `from_pretrained`).
         beam_size, maxlenratio, max_tokens, length_bonus, output_mode: the speech tokenizer's
-            decoding (`AlignChatModel.tokenize`).
+            decoding (`AlignChatModel.tokenize`); a frame-rate adapter decodes no tokens and
+            has none of these.
         system_prompt: the LLM's system message (default: the one the model was trained with).
         generation: default options of `FrozenLLM.generate_ids` (``max_new_tokens``, ...).
     """
 
     def __init__(
         self,
-        model: AlignChatModel,
+        model: SpeechChatMixin,
         beam_size: int = 1,
         maxlenratio: float = 1.0,
         max_tokens: int = 512,
@@ -248,15 +252,25 @@ class Speech2Chat:
         batch = torch.zeros(len(waveforms), int(lengths.max()))
         for row, samples in enumerate(waveforms):
             batch[row, : len(samples)] = torch.from_numpy(samples)
+        options = self.decoding if self.model.transcribes else {}
         return self.model.tokenize(
-            batch.to(self.device), lengths.to(self.device), **self.decoding
+            batch.to(self.device), lengths.to(self.device), **options
         )
 
     def transcribe(self, speech: Union[Speech, List[Speech]]) -> Union[str, List[str]]:
         """What the speech tokenizer heard, as text (a list for a list)."""
+        self.require_transcripts("a transcript")
         hypotheses = self.tokenize(speech if isinstance(speech, list) else [speech])
         texts = [self.llm.decode(h.token_ids) for h in hypotheses]
         return texts if isinstance(speech, list) else texts[0]
+
+    def require_transcripts(self, what: str) -> None:
+        """Refuse `what` with one line when the model writes no transcript."""
+        if not self.model.transcribes:
+            raise InputError(
+                f"{what} needs the speech tokenizer's transcript, and this model "
+                f"({type(self.model).__name__}) writes none: it gives the LLM vectors only"
+            )
 
     # -- answers -----------------------------------------------------------------------------
     def __call__(
@@ -326,6 +340,8 @@ class Speech2Chat:
         history_as_text: bool,
     ) -> List[List[PromptPiece]]:
         """The prompt pieces of each conversation; all speech is decoded as one batch."""
+        if history_as_text:
+            self.require_transcripts("history_as_text")
         speech = [m["speech"] for c in conversations for m in c if "speech" in m]
         hypotheses = iter(self.tokenize(speech))
         system = self.system_prompt if system is None else system

@@ -24,20 +24,20 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_alignchat.decoder import SpeechTokenDecoder
 from espnet_alignchat.encoders import ConfigError
-from espnet_alignchat.llm import FingerprintBuffer, FrozenLLM, PromptLayout
+from espnet_alignchat.llm import FingerprintBuffer, FrozenLLM
 from espnet_alignchat.search import (
     Hypothesis,
     beam_search,
     greedy_search,
     length_limits,
 )
+from espnet_alignchat.speech_chat import IGNORE_ID, SpeechChatMixin, id_lists
 
 MODES = ("pretrain", "instruct")
 OUTPUT_MODES = ("continuous", "snap", "expected")
 SPEECH_VECTORS = ("head", "expected")
 VECTOR_SCALES = ("free", "normalize", "gain")
 STAGE2_INPUTS = ("teacher", "on_policy", "scheduled")
-IGNORE_ID = -1  # padding of token-id sequences (as ESPnet's ASR task); never an LLM id
 # CLIP's bound on its learned logit scale (100): a learned temperature cannot make the
 # cosine logits sharper than ±100, where the softmax saturates and its gradient vanishes.
 MIN_TEMPERATURE = 0.01
@@ -65,7 +65,7 @@ def check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
         raise ConfigError(f"model_conf.{name} must be one of {choices}: {value}")
 
 
-class AlignChatModel(AbsESPnetModel):
+class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
     """Speech → one vector per LLM token of the transcript, trained against a frozen LLM.
 
     Args (``model_conf``):
@@ -122,6 +122,8 @@ class AlignChatModel(AbsESPnetModel):
         scheduled_prob: see ``stage2_inputs: scheduled``.
         extract_feats_in_collect_stats: ESPnet's flag; feature statistics need the frontend.
     """
+
+    transcribes = True
 
     def __init__(
         self,
@@ -235,10 +237,6 @@ class AlignChatModel(AbsESPnetModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- shared pieces -----------------------------------------------------------------------
-    @cached_property
-    def prompt_layout(self) -> PromptLayout:
-        return self.llm.prompt_layout(self.system_prompt, self.user_template)
-
     @property
     def temperature(self) -> Union[float, torch.Tensor]:
         """τ of the token logits: the configured value, or the learned one."""
@@ -280,33 +278,6 @@ class AlignChatModel(AbsESPnetModel):
         else:
             logits = z @ table.T
         return logits / self.temperature
-
-    def encode(
-        self, speech: torch.Tensor, speech_lengths: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Frontend, SpecAugment (training only), normalization and encoder."""
-        with torch.autocast(speech.device.type, enabled=False):
-            feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-            if self.specaug is not None and self.training:
-                feats, feats_lengths = self.specaug(feats, feats_lengths)
-            if self.normalize is not None:
-                feats, feats_lengths = self.normalize(feats, feats_lengths)
-        encoder_out, encoder_lengths, _ = self.encoder(feats, feats_lengths)
-        if isinstance(encoder_out, tuple):  # encoders with intermediate CTC outputs
-            encoder_out = encoder_out[0]
-        return encoder_out, encoder_lengths
-
-    def _extract_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor):
-        speech = speech[:, : speech_lengths.max()]  # DataParallel pads to the longest
-        if self.frontend is None:
-            return speech, speech_lengths
-        return self.frontend(speech, speech_lengths)
-
-    def collect_feats(
-        self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
-    ) -> Dict[str, torch.Tensor]:
-        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-        return {"feats": feats, "feats_lengths": feats_lengths}
 
     # -- training ----------------------------------------------------------------------------
     def forward(
@@ -353,13 +324,6 @@ class AlignChatModel(AbsESPnetModel):
             stats["vector_gain"] = self.log_vector_gain.detach().exp()
         stats["loss"] = loss.detach()
         return force_gatherable((loss, stats, speech.shape[0]), loss.device)
-
-    def _check_token_ids(self, name: str, ids: torch.Tensor) -> None:
-        if int(ids.max()) >= self.llm.vocab_size:
-            raise ValueError(
-                f"{name} has token id {int(ids.max())}, but the LLM has "
-                f"{self.llm.vocab_size} embedding rows: was it tokenized for another LLM?"
-            )
 
     def _targets(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
         """The transcript followed by the end token, padded with -1: (batch, N + 1)."""
@@ -466,13 +430,6 @@ class AlignChatModel(AbsESPnetModel):
             zero_infinity=True,
         )
 
-    def _complete(self, answer: List[int]) -> List[int]:
-        """The answer as the LLM ends it: self-generated answers keep the stop token the LLM
-        emitted; others (given as text, or cut at a length limit) get the turn's end."""
-        if answer and answer[-1] in self.llm.stop_token_ids:
-            return answer
-        return answer + self.prompt_layout.turn_end
-
     # -- stage 2 -----------------------------------------------------------------------------
     def _stage2_vectors(
         self, z, hidden, memory, memory_lengths, text, text_lengths
@@ -549,61 +506,12 @@ class AlignChatModel(AbsESPnetModel):
         `speech_vectors` holds each row's vectors, one per token of what the decoder read
         (the transcript, or its own hypothesis); the text prompt is always the transcript.
         """
-        layout = self.prompt_layout
-        # The prompts are built from Python lists: the ids come to the host in one copy per
-        # tensor, not one synchronisation per row and slice.
-        answers = [
-            self._complete(row[:length])
-            for row, length in zip(response.tolist(), response_lengths.tolist())
-        ]
-        transcripts = [
-            row[:length] for row, length in zip(text.tolist(), text_lengths.tolist())
-        ]
-        # Every prompt starts with the template's prefix: the LLM runs it once, without
-        # gradients (`logits_after_prefix`), and each row's answer ends its sequence.
-        speech_rests = [
-            [vectors, layout.suffix, answer]
-            for vectors, answer in zip(speech_vectors, answers)
-        ]
-        span = max(len(answer) for answer in answers)
-        # Position -k-1 predicts the token at -k, so span + 1 logits suffice.
-        logits = self.llm.logits_after_prefix(layout.prefix, speech_rests, span + 1)
-        logits = logits[:, :-1].float()
-        labels = torch.tensor(
-            [[IGNORE_ID] * (span - len(answer)) + answer for answer in answers],
-            device=logits.device,
+        return self.answer_losses(
+            self.prompt_layout,
+            speech_vectors,
+            self.complete_answers(response, response_lengths),
+            id_lists(text, text_lengths),
         )
-        valid = labels != IGNORE_ID
-        loss_response = F.cross_entropy(logits[valid], labels[valid])
-        stats = {
-            "loss_response": loss_response.detach(),
-            "acc_response": (logits[valid].argmax(-1) == labels[valid])
-            .float()
-            .mean()
-            .detach(),
-        }
-        loss = self.response_weight * loss_response
-        if self.kl_weight > 0:
-            # Each row's logits are its own last positions (`logits_after_prefix`), so the
-            # answer's tokens line up in both prompts even where the speech has another
-            # number of vectors than the transcript has tokens (on-policy hypotheses).
-            with torch.no_grad():
-                text_rests = [
-                    [ids, layout.suffix, answer]
-                    for ids, answer in zip(transcripts, answers)
-                ]
-                text_logits = self.llm.logits_after_prefix(
-                    layout.prefix, text_rests, span + 1
-                )[:, :-1].float()
-            loss_kl = F.kl_div(
-                logits[valid].log_softmax(-1),
-                text_logits[valid].log_softmax(-1),
-                log_target=True,
-                reduction="batchmean",
-            )
-            loss = loss + self.kl_weight * loss_kl
-            stats["loss_kl"] = loss_kl.detach()
-        return loss, stats
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -181,6 +181,22 @@ def _results(model_dir: Path, results: Optional[Path]) -> str:
     return f"No RESULTS.md or scores.json in `{model_dir}` when it was packed."
 
 
+# What the card calls each model type (the task's `model` choice), and what it does.
+MODEL_KINDS = {
+    "alignchat": (
+        "AlignChat speech tokenizer",
+        "this speech tokenizer turns speech into one vector per LLM token, which the LLM "
+        "reads where the words would go.",
+    ),
+    "frame_adapter": (
+        "frame-rate adapter",
+        "this frame-rate adapter (the baseline AlignChat is measured against) turns each "
+        "group of encoder frames into one vector, which the LLM reads where the words "
+        "would go; it writes no transcript.",
+    ),
+}
+
+
 def model_card(
     model_dir: Path,
     checkpoint: Path,
@@ -193,12 +209,15 @@ def model_card(
     values = sum(tensor.numel() for tensor in state.values())
     fingerprint = config.get("llm_fingerprint") or {}
     model_conf = config.get("model_conf") or {}
+    model = config.get("model") or "alignchat"  # configs from before the model choice
+    kind, what = MODEL_KINDS[model]
+    parts = f"encoder: `{config.get('encoder_conf')}`"
+    if model == "alignchat":
+        parts += f"\n- decoder: `{config.get('decoder_conf')}`"
     lines = [
-        f"# AlignChat speech tokenizer `{file_name}`",
+        f"# {kind} `{file_name}`",
         "",
-        "End-to-end speech-to-text chat for a frozen LLM (espnet-alignchat): this speech "
-        "tokenizer turns speech into one vector per LLM token, which the LLM reads where "
-        "the words would go.",
+        f"End-to-end speech-to-text chat for a frozen LLM (espnet-alignchat): {what}",
         "",
         "## Use",
         "",
@@ -227,10 +246,10 @@ def model_card(
         "## Model",
         "",
         f"- checkpoint `{checkpoint.name}` from `{model_dir}`: {values:,} values",
-        f"- training mode: {model_conf.get('mode')}; frontend {config.get('frontend')}, "
-        f"normalize {config.get('normalize')}, encoder {config.get('encoder')}",
-        f"- encoder: `{config.get('encoder_conf')}`",
-        f"- decoder: `{config.get('decoder_conf')}`",
+        f"- model {model}, training mode: {model_conf.get('mode')}; frontend "
+        f"{config.get('frontend')}, normalize {config.get('normalize')}, encoder "
+        f"{config.get('encoder')}",
+        f"- {parts}",
         "",
         "## Training data",
         "",

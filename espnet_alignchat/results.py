@@ -8,7 +8,7 @@ import platform
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from espnet_alignchat.errors import InputError
 
@@ -35,14 +35,23 @@ COLUMNS: List[Tuple[str, Tuple[str, ...], str]] = [
     ("speech/text", ("answer", "speech_over_text"), "{:.3f}"),
 ]
 PACKAGES = ("torch", "espnet", "transformers", "espnet-alignchat")
+NOT_APPLICABLE = (
+    "—"  # a score the model cannot have (null in scores.json): no transcript
+)
 
 
-def lookup(scores: Dict, path: Sequence[str]) -> Optional[object]:
+def cell(scores: Dict, path: Sequence[str], form: str) -> str:
+    """The number at `path` formatted; empty where it was not computed (no such key), and
+    `NOT_APPLICABLE` where scoring wrote null (e.g. the WER of a model without transcripts).
+    """
+    value: object = scores
     for key in path:
-        if not isinstance(scores, dict) or scores.get(key) is None:
-            return None
-        scores = scores[key]
-    return scores
+        if not isinstance(value, dict) or key not in value:
+            return ""
+        value = value[key]
+        if value is None:
+            return NOT_APPLICABLE
+    return form.format(value)
 
 
 def version(package: str) -> str:
@@ -72,9 +81,7 @@ def row(exp_dir: Path, path: Path) -> List[str]:
     model = str(Path(exp_dir, *parts[:-2]))
     decode, test_set = (("", "") + parts)[-2:]
     cells = [model, decode, test_set]
-    for _, keys, form in COLUMNS:
-        value = lookup(scores, keys)
-        cells.append("" if value is None else form.format(value))
+    cells += [cell(scores, keys, form) for _, keys, form in COLUMNS]
     return cells
 
 
@@ -91,7 +98,8 @@ def results_table(exp_dir: Path) -> str:
     lines += [*environment(), "", "## Scores"]
     lines.append(
         "WER (%, sclite, on normalised words) of the speech tokenizer's transcript; TER (%) "
-        "on the LLM's tokens as they are; agree/chrF/BLEU: the speech-conditioned answer "
+        "on the LLM's tokens as they are (both — for a model that writes no transcript, "
+        "the frame-rate adapter); agree/chrF/BLEU: the speech-conditioned answer "
         "(speech), the LLM's answer to the tokenizer's transcript (cascade) and to Whisper's "
         "transcript (whisper cascade, with Whisper's WER) against the LLM's answer to the "
         "reference text: exact agreement (%) after normalisation, sacrebleu's chrF and "

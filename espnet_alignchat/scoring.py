@@ -21,7 +21,8 @@ writes, under the decode dir (the error-rate folders in ESPnet's layout):
 
 Every utterance of the data dir's ``text`` is scored: one with no line in a decode file is
 scored as an empty line (all deletions, a wrong answer) and counted in ``scores.json``'s
-``missing``.
+``missing``. A decode dir without ``text`` (a model that writes no transcript, such as the
+frame-rate adapter) has its answers scored alone: ``wer`` and ``ter`` are null.
 """
 
 import json
@@ -278,7 +279,9 @@ def score_decode_dir(
         if utt_id not in utt2spk:
             raise InputError(f"{data_dir / 'utt2spk'}: no line for utterance {utt_id}")
     answers = read_answers(data_dir, references)
-    names = [TRANSCRIPT, SPEECH_RESPONSE, TEXT_RESPONSE]
+    transcribed = (decode_dir / TRANSCRIPT).is_file()
+    names = [TRANSCRIPT] if transcribed else []
+    names += [SPEECH_RESPONSE, TEXT_RESPONSE]
     names += [name for name in OPTIONAL if (decode_dir / name).is_file()]
     decoded, missing = {}, {}
     for name in names:
@@ -293,14 +296,29 @@ def score_decode_dir(
         skipped=len(read_kaldi_map(skipped)) if skipped.is_file() else 0,
     )
 
-    transcripts = decoded[TRANSCRIPT]
     reference_words = {utt: normalize(text).split() for utt, text in references.items()}
-    scores["wer"] = sclite_error_rate(
-        decode_dir / "score_wer",
-        reference_words,
-        {utt_id: normalize(text).split() for utt_id, text in transcripts.items()},
-        utt2spk,
-    )
+    # Null, not absent, when the model has no transcript to score (results print "—").
+    scores["wer"] = None
+    if llm is not None:
+        scores["ter"] = None
+    if transcribed:
+        transcripts = decoded[TRANSCRIPT]
+        scores["wer"] = sclite_error_rate(
+            decode_dir / "score_wer",
+            reference_words,
+            {utt_id: normalize(text).split() for utt_id, text in transcripts.items()},
+            utt2spk,
+        )
+        if llm is not None:
+            tokenizer = load_tokenizer(llm)
+            # -s: tokens differing only in case are different tokens of the LLM.
+            scores["ter"] = sclite_error_rate(
+                decode_dir / "score_ter",
+                llm_tokens(tokenizer, references),
+                llm_tokens(tokenizer, transcripts),
+                utt2spk,
+                options=["-s"],
+            )
     if WHISPER_TRANSCRIPT in decoded:
         scores["wer_whisper"] = sclite_error_rate(
             decode_dir / "cascade_whisper" / "score_wer",
@@ -310,16 +328,6 @@ def score_decode_dir(
                 for u, text in decoded[WHISPER_TRANSCRIPT].items()
             },
             utt2spk,
-        )
-    if llm is not None:
-        tokenizer = load_tokenizer(llm)
-        # -s: tokens differing only in case are different tokens of the LLM.
-        scores["ter"] = sclite_error_rate(
-            decode_dir / "score_ter",
-            llm_tokens(tokenizer, references),
-            llm_tokens(tokenizer, transcripts),
-            utt2spk,
-            options=["-s"],
         )
 
     text_answers = list(decoded[TEXT_RESPONSE].values())

@@ -63,9 +63,10 @@ class ChatSession:
 
     def hear(self, speech: Speech, name: str = "speech") -> Message:
         """A user turn of speech, decoded now (its `Hypothesis` is what later turns reuse);
-        `InputError` as `listen`, or if the speech tokenizer heard no words in it."""
+        `InputError` as `listen`, or if the speech tokenizer heard no words in it (a model
+        that writes no transcript gives vectors alone)."""
         hypothesis = self.chat.tokenize(self.listen(speech, name))
-        if not hypothesis.token_ids:
+        if self.chat.model.transcribes and not hypothesis.token_ids:
             raise InputError(
                 f"{_name(speech, name)}: the speech tokenizer heard no words in it"
             )
@@ -79,6 +80,7 @@ class ChatSession:
     def transcript(self, message: Message) -> str:
         """What the speech tokenizer heard in a speech turn; a typed turn's text."""
         if "speech" in message:
+            self.chat.require_transcripts("a speech turn's transcript")
             return self.chat.llm.decode(message["speech"].token_ids)
         return message["content"]
 

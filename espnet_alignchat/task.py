@@ -1,7 +1,9 @@
 """`AlignChatTask`: AlignChat as an ESPnet task, trained by ESPnet's own `Trainer`.
 
-Frontend, SpecAugment, normalization and encoder are ESPnet `ClassChoices`; the decoder and the
-losses are configured by ``decoder_conf`` and ``model_conf``; the frozen LLM by ``--llm`` and its
+The model, frontend, SpecAugment, normalization and encoder are ESPnet `ClassChoices`: the
+model is AlignChat's speech tokenizer (``model: alignchat``, the default) or the frame-rate
+adapter baseline (``model: frame_adapter``), on the same encoders. The decoder and the losses
+are configured by ``decoder_conf`` and ``model_conf``; the frozen LLM by ``--llm`` and its
 options. A stage-1 (``mode: pretrain``) model reads only the LLM's embedding matrix, and
 ``--collect_stats`` does not touch the LLM's weights at all.
 """
@@ -27,6 +29,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.layers.utterance_mvn import UtteranceMVN
 from espnet2.tasks.abs_task import AbsTask, IteratorOptions
+from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
 from espnet2.train.dataset import AbsDataset
@@ -49,6 +52,7 @@ from espnet_alignchat.encoders import (
     HFWhisperEncoder,
     WaveformEncoder,
 )
+from espnet_alignchat.frame_adapter import FrameAdapterModel
 from espnet_alignchat.llm import (
     DTYPES,
     SPEECH_PLACEHOLDER,
@@ -58,8 +62,15 @@ from espnet_alignchat.llm import (
 )
 from espnet_alignchat.model import IGNORE_ID, AlignChatModel
 from espnet_alignchat.preprocessor import AlignChatPreprocessor
+from espnet_alignchat.speech_chat import SpeechChatMixin
 from espnet_alignchat.whisper_decoder import init_from_whisper
 
+model_choices = ClassChoices(
+    "model",
+    classes=dict(alignchat=AlignChatModel, frame_adapter=FrameAdapterModel),
+    type_check=AbsESPnetModel,
+    default="alignchat",
+)
 frontend_choices = ClassChoices(
     name="frontend",
     classes=dict(default=DefaultFrontend),
@@ -99,6 +110,7 @@ encoder_choices = ClassChoices(
 class AlignChatTask(AbsTask):
     num_optimizers: int = 1
     class_choices_list = [
+        model_choices,  # --model and --model_conf (the chosen class's keyword arguments)
         frontend_choices,
         specaug_choices,
         normalize_choices,
@@ -162,12 +174,6 @@ class AlignChatTask(AbsTask):
             default=get_default_kwargs(SpeechTokenDecoder),
             help="Keyword arguments of the speech-token decoder (vocab_size is the "
             "LLM's), and init_from_whisper: a Whisper model whose text decoder starts it",
-        )
-        group.add_argument(
-            "--model_conf",
-            action=NestedDictAction,
-            default=get_default_kwargs(AlignChatModel),
-            help="Keyword arguments of AlignChatModel (mode and losses)",
         )
         group = parser.add_argument_group(description="Preprocess related")
         group.add_argument(
@@ -289,12 +295,17 @@ class AlignChatTask(AbsTask):
     @classmethod
     def build_model(
         cls, args: argparse.Namespace, read_llm: bool = True
-    ) -> AlignChatModel:
-        """The speech tokenizer for the LLM ``args.llm``.
+    ) -> SpeechChatMixin:
+        """The model ``args.model`` (AlignChat's speech tokenizer unless told otherwise) for
+        the LLM ``args.llm``.
 
         ``read_llm=False`` reads the LLM's ``config.json`` alone (no embeddings, no tokenizer),
         e.g. to plan memory: such a model has no LLM fingerprint and no end token.
         """
+        # Configs written before the adapter existed have no `model`: they are AlignChat's.
+        model_class = model_choices.get_class(
+            vars(args).setdefault("model", model_choices.default)
+        )
         llm = FrozenLLM(args.llm, args.llm_dtype, args.trust_remote_code)
         fingerprint = None
         # Feature statistics need no LLM weights; planning reads the LLM's config alone.
@@ -332,6 +343,18 @@ class AlignChatTask(AbsTask):
             else None
         )
         encoder = encoder_class(input_size=input_size, **args.encoder_conf)
+        parts = dict(
+            llm=llm,
+            fingerprint=FingerprintBuffer(fingerprint),
+            frontend=frontend,
+            specaug=specaug,
+            normalize=normalize,
+            encoder=encoder,
+            system_prompt=args.system_prompt,
+            user_template=args.user_template,
+        )
+        if model_class is FrameAdapterModel:  # no decoder: the frames go to the LLM
+            return FrameAdapterModel(**parts, **args.model_conf)
         if read_llm and args.model_conf.get("end_token_id") is None:
             # Written into config.yaml, so inference uses the id the model was trained with.
             args.model_conf["end_token_id"] = llm.eos_token_id
@@ -344,18 +367,7 @@ class AlignChatTask(AbsTask):
             init_from_whisper(
                 decoder, whisper, llm.tokenizer, args.model_conf["end_token_id"]
             )
-        return AlignChatModel(
-            llm=llm,
-            fingerprint=FingerprintBuffer(fingerprint),
-            frontend=frontend,
-            specaug=specaug,
-            normalize=normalize,
-            encoder=encoder,
-            decoder=decoder,
-            system_prompt=args.system_prompt,
-            user_template=args.user_template,
-            **args.model_conf,
-        )
+        return AlignChatModel(**parts, decoder=decoder, **args.model_conf)
 
 
 def check_waveform_options(args: argparse.Namespace) -> None:

@@ -222,10 +222,21 @@ def data_args(data: Path, split: str, response: bool) -> List[str]:
     ]
 
 
-def train(tmp: Path, llm: Path, data: Path, stats: Path, out: Path, mode: str, *extra):
-    """One training stage (`mode`) through ESPnet's own `main`, with `TINY_CONFIG`."""
-    config = tmp / f"{mode}.yaml"
-    conf = dict(TINY_CONFIG, model_conf={"mode": mode})
+def train(
+    tmp: Path,
+    llm: Path,
+    data: Path,
+    stats: Path,
+    out: Path,
+    mode: str,
+    *extra,
+    model: str = "alignchat",
+    **model_conf,
+):
+    """One training stage (`mode`) of `model` through ESPnet's own `main`, with
+    `TINY_CONFIG` and `model_conf`."""
+    config = tmp / f"{model}_{mode}.yaml"
+    conf = dict(TINY_CONFIG, model=model, model_conf={"mode": mode, **model_conf})
     conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
     config.write_text(yaml.safe_dump(conf))
     from espnet_alignchat.bin import alignchat_train

@@ -203,8 +203,10 @@ def test_fingerprint_survives_espnet_checkpoint_averaging(tiny_llm):
 def test_answers_end_as_the_llm_ended_them(tiny_llm, batch):
     model = build(tiny_llm, mode="instruct")
     end, stop = model.prompt_layout.turn_end, model.llm.stop_token_ids[0]
-    assert model._complete([9, 10]) == [9, 10] + end  # given as text, or cut off
-    assert model._complete([9, stop]) == [9, stop]  # self-generated: kept as emitted
+    answers = torch.tensor([[9, 10], [9, stop]])
+    completed = model.complete_answers(answers, torch.tensor([2, 2]))
+    assert completed[0] == [9, 10] + end  # given as text, or cut off
+    assert completed[1] == [9, stop]  # self-generated: kept as emitted
     # An LLM that answered nothing still gives a target: its stop token.
     only_stop = torch.full_like(batch["response"][:, :1], stop)
     loss, stats, _ = model(

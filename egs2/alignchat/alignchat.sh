@@ -70,6 +70,8 @@ pretrain_args=""      # extra options of alignchat_train, e.g. "--max_epoch 20"
 instruct_args=""
 pretrain_model=valid.acc.ave.pth  # stage-1 checkpoint that initialises stage 2
 cache_encoder_outputs=false  # a frozen pretrained encoder runs once (stage 3), not every step
+encoder_cache_tag=""  # names those outputs (default: the stage-1 tag), so experiments on the
+                      # same frozen encoder share them (e.g. bin/data_sweep's experiments)
 
 # Self-generation
 generate_batch_size=32
@@ -103,6 +105,7 @@ if [ -z "${inference_tag}" ]; then
     [[ ${inference_tag} == decode* ]] || inference_tag=decode_${inference_tag}
 fi
 pretrain_exp=${expdir}/${pretrain_tag}
+[ -n "${encoder_cache_tag}" ] || encoder_cache_tag=${pretrain_tag}
 instruct_exp=${expdir}/${instruct_tag}
 [ -n "${stats_dir}" ] || stats_dir=${expdir}/stats
 case "${world}" in
@@ -166,8 +169,8 @@ normalize_opts() {
     fi
 }
 
-# Where stage 3 keeps a frozen encoder's outputs for a set, named after the stage-1 config.
-encoder_cache() { echo "${dumpdir}/$1/encoder_out_${pretrain_tag}"; }
+# Where stage 3 keeps a frozen encoder's outputs for a set (--encoder_cache_tag).
+encoder_cache() { echo "${dumpdir}/$1/encoder_out_${encoder_cache_tag}"; }
 
 # The list of a set's training inputs: its audio, or the cached encoder outputs.
 speech_scp() {
@@ -456,11 +459,14 @@ if run_stage 7; then
         is_done "${dir}" && continue
         decode_set "${dumpdir}/${set}" "${dir}"
         decode_set "${dumpdir}/${set}" "${dir}/text_input" --text_input true
-        # The cascade: the tokenizer's own transcript given to the LLM as text.
-        mkdir -p "${dir}/cascade/data"
-        cp "${dumpdir}/${set}/wav.scp" "${dir}/cascade/data/wav.scp"
-        cp "${dir}/text" "${dir}/cascade/data/text"
-        decode_set "${dir}/cascade/data" "${dir}/cascade" --text_input true
+        # The cascade: the tokenizer's own transcript given to the LLM as text (a model that
+        # writes none, the frame-rate adapter, has no cascade).
+        if [ -f "${dir}/text" ]; then
+            mkdir -p "${dir}/cascade/data"
+            cp "${dumpdir}/${set}/wav.scp" "${dir}/cascade/data/wav.scp"
+            cp "${dir}/text" "${dir}/cascade/data/text"
+            decode_set "${dir}/cascade/data" "${dir}/cascade" --text_input true
+        fi
         if [ -n "${cascade_asr}" ]; then
             # The usual cascade: an ASR model's own transcript given to the LLM as text.
             asr_dir=${dir}/cascade_whisper

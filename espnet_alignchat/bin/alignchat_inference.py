@@ -4,7 +4,8 @@
         --data_dir dump/raw/test --output_dir exp/instruct/decode_test --batch_size 16
 
 writes ``<output_dir>/text`` (the speech tokenizer's transcript of each utterance) and
-``<output_dir>/response`` (the frozen LLM's answer to the speech), one ``uttid value`` line each.
+``<output_dir>/response`` (the frozen LLM's answer to the speech), one ``uttid value`` line each;
+a model that writes no transcript (``model: frame_adapter``) writes ``response`` alone.
 With ``--text_input true`` the LLM answers the data dir's ``text`` instead: the text-conditioned
 reference, written to ``<output_dir>/response``. Utterances that cannot be used (unreadable
 audio, a segment past its recording's end, an empty or missing text with ``--text_input``, a
@@ -130,8 +131,10 @@ def answer_speech(
                 hypotheses = chat.tokenize([speech for _, speech in loaded])
                 answers = chat(hypotheses)
                 for (key, _), hypothesis, answer in zip(loaded, hypotheses, answers):
-                    transcripts[key] = chat.llm.decode(hypothesis.token_ids)
                     responses[key] = answer
+                    if not chat.model.transcribes:
+                        continue
+                    transcripts[key] = chat.llm.decode(hypothesis.token_ids)
                     if not hypothesis.token_ids:
                         logging.warning(
                             f"{key}: the speech tokenizer heard nothing; the LLM answered "
@@ -167,7 +170,7 @@ def inference(args) -> int:
     transcripts, responses = answer(chat, data, keys, args.batch_size, skips)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    if not args.text_input:
+    if not args.text_input and chat.model.transcribes:
         write_kaldi_map(args.output_dir / "text", transcripts)
     write_kaldi_map(args.output_dir / "response", responses)
     skips.write(args.output_dir / "skipped")

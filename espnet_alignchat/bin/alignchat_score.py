@@ -39,8 +39,10 @@ def get_parser() -> argparse.ArgumentParser:
 def summary(scores: Dict) -> List[str]:
     """A few lines for the log, like the ``Sum/Avg`` lines ESPnet's scoring stage prints."""
     lines = [f"{scores['decode_dir']}: {scores['utterances']} utterances"]
+    if scores["wer"] is None:
+        lines.append("  no transcript (the model writes none): answers scored alone")
     for name, label in (("wer", "WER"), ("ter", "TER"), ("wer_whisper", "Whisper WER")):
-        if name in scores:
+        if scores.get(name) is not None:
             rate = scores[name]
             lines.append(
                 f"  {label} {rate['err']:.1f} (sub {rate['sub']:.1f}, "

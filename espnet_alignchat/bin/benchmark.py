@@ -64,6 +64,7 @@ from espnet_alignchat.cli import (
     exit_on_user_error,
     setup_logging,
 )
+from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import load_model
 from espnet_alignchat.llm import FrozenLLM
 from espnet_alignchat.model_dir import locate_llm, read_config
@@ -417,6 +418,11 @@ def table(results: Dict[str, Any]) -> str:
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     device = torch.device("cuda" if args.ngpu > 0 else "cpu")
     model = load_model(args.model_dir, args.model_file, args.llm, device)
+    if not model.transcribes:
+        raise InputError(
+            f"{args.model_dir}: the benchmark measures AlignChat's speech tokenizer; a "
+            "frame-rate adapter's positions are measured by bin/data_sweep"
+        )
     llm_path = args.llm or locate_llm(
         read_config(args.model_dir)["llm"], args.model_dir, str(args.model_dir)
     )

@@ -135,6 +135,9 @@ def interactive(terminal: Terminal, stdin: TextIO) -> int:
 
 def run(args: argparse.Namespace) -> int:
     chat = load_chat(args)
+    for option in ("show_transcript", "history_as_text"):
+        if getattr(args, option):
+            chat.require_transcripts(f"--{option}")
     chat.llm.model  # load the LLM now, not in the middle of the first answer
     options = dict(system=args.system_prompt, history_as_text=args.history_as_text)
     conversation = ChatSession(chat, **options, **generation_options(args))

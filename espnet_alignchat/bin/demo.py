@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             f'the demo needs Gradio ({error}): pip install -e ".[demo]"'
         ) from error
     chat = load_chat(args, system_prompt=args.system_prompt)
+    chat.require_transcripts("the demo (it shows what the speech tokenizer heard)")
     chat.llm.model  # load the LLM now, not in the middle of the first answer
     page = build_demo(chat, args.title, args.max_seconds, **generation_options(args))
     launch(page, args.host, args.port)

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect_alignment(load_chat(args), args.wav, args.text)
+    chat = load_chat(args)
+    chat.require_transcripts("inspect (it lines speech up with the tokens it heard)")
+    report = inspect_alignment(chat, args.wav, args.text)
     print(format_report(report))
     if args.heatmap is not None:
         save_heatmap(report, args.heatmap)

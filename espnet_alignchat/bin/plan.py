@@ -63,6 +63,10 @@ def main(cmd: Optional[List[str]] = None) -> None:
     if issubclass(encoder_choices.get_class(args.encoder), WaveformEncoder):
         args.encoder_conf["load_pretrained"] = False  # its config.json is enough
     args.decoder_conf.pop("init_from_whisper", None)  # no weights: shapes are enough
+    if args.model != "alignchat":
+        parser.error(
+            f"plan counts AlignChat's speech tokenizer, not model {args.model}"
+        )
     with exit_on_user_error("plan"):
         try:
             with torch.device("meta"):

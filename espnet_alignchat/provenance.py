@@ -20,6 +20,10 @@ from espnet_alignchat.llm import LLMMismatchError
 
 RECORD = "token_ids.json"
 
+# A module logger, not `logging.warning`: training checks the ids before ESPnet configures
+# logging, and the root logger's implicit basicConfig would then leave ESPnet's INFO lines out.
+logger = logging.getLogger(__name__)
+
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
     """SHA-256 of the vocabulary, token by id: equal hashes mean an id names the same token."""
@@ -46,7 +50,7 @@ def check_record(folder: Path, llm: str, tokenizer: PreTrainedTokenizerBase) -> 
     folder without a record (ids made elsewhere) is logged and accepted."""
     path = Path(folder) / RECORD
     if not path.is_file():
-        logging.warning(
+        logger.warning(
             f"{folder}: no {RECORD}: which tokenizer made its token ids cannot be checked "
             "(format_data writes it)"
         )

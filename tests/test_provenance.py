@@ -3,6 +3,8 @@ is one line; a packed model whose members would escape its folder is refused."""
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -77,6 +79,32 @@ def test_training_accepts_its_own_ids_and_warns_without_a_record(
     args = alignchat_train.get_parser().parse_args(train_args(tiny_llm, bare, tmp_path))
     alignchat_train.check_token_ids(args)
     assert f"{bare}: no {RECORD}" in caplog.text
+
+
+def test_the_warning_before_training_leaves_espnets_logging_to_espnet(
+    formatted, tiny_llm, tmp_path
+):
+    """A root-logger warning before ESPnet's `logging.basicConfig` would configure logging
+    at WARNING and silence every INFO line of train.log (the epoch results among them).
+    """
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "text_int").write_text((formatted / "text_int").read_text())
+    code = (
+        "import logging, sys\n"
+        "from espnet_alignchat.bin import alignchat_train\n"
+        "args = alignchat_train.get_parser().parse_args(sys.argv[1:])\n"
+        "alignchat_train.check_token_ids(args)\n"
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *train_args(tiny_llm, bare, tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{bare}: no {RECORD}" in result.stderr  # still shown
+    assert result.stdout.strip() == "0"  # and the root logger left unconfigured
 
 
 def test_self_generation_refuses_ids_of_another_tokenizer(

@@ -42,6 +42,11 @@ from espnet_alignchat.llm import load_tokenizer
 from espnet_alignchat.provenance import check_record
 from espnet_alignchat.task import AlignChatTask
 
+# What this module logs before ESPnet configures logging goes through a module logger: the
+# root logger's implicit basicConfig (`logging.warning`) would make ESPnet's a no-op and
+# leave its INFO lines out of train.log.
+logger = logging.getLogger(__name__)
+
 
 def get_parser():
     return AlignChatTask.get_parser()
@@ -68,7 +73,7 @@ def one_process_per_gpu(args: argparse.Namespace, cmd: List[str]) -> List[str]:
         args.dist_launcher is not None or get_world_size(args.dist_world_size, None) > 1
     )
     if args.ngpu > 1 and not args.multiprocessing_distributed and not launched:
-        logging.warning(
+        logger.warning(
             f"--ngpu {args.ngpu}: training with one process per GPU (DDP, "
             "--multiprocessing_distributed true), not DataParallel"
         )
@@ -82,7 +87,7 @@ def report_skipped(output_dir: Path) -> None:
         report = output_dir / f"skipped_{split}"
         skipped = read_skipped(report)
         if skipped:
-            logging.warning(
+            logger.warning(
                 f"{len(skipped)} {split} utterances (or their lines) were skipped: listed "
                 f"with the reason in {report}"
             )

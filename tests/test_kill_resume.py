@@ -65,6 +65,33 @@ def test_an_epoch_file_missing_after_its_checkpoint_is_written_back(
         assert all(torch.equal(state[key], weights[key]) for key in weights), name
 
 
+def test_a_resumed_training_ends_with_the_weights_of_an_uninterrupted_one(
+    trained, tiny_llm, tmp_path, single_thread
+):
+    """ESPnet's resume is exact on CPU: a run stopped after epoch 1 and resumed for epoch 2
+    ends where a run of two epochs does (ESPnet reseeds every epoch)."""
+    data, stats = trained / "data", trained / "stats"
+    resumed, uninterrupted = tmp_path / "resumed", tmp_path / "uninterrupted"
+    shutil.copytree(trained / "exp", resumed, symlinks=True)
+    two_epochs = ("--max_epoch", "2")
+    train(
+        tmp_path,
+        tiny_llm,
+        data,
+        stats,
+        resumed,
+        "pretrain",
+        *two_epochs,
+        "--resume",
+        "true",
+    )
+    train(tmp_path, tiny_llm, data, stats, uninterrupted, "pretrain", *two_epochs)
+    ours = torch.load(resumed / "2epoch.pth", weights_only=True)
+    theirs = torch.load(uninterrupted / "2epoch.pth", weights_only=True)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
 def test_a_save_that_fails_half_way_leaves_the_old_file_and_no_partial(tmp_path):
     path = tmp_path / "checkpoint.pth"
     torch.save({"w": torch.zeros(2)}, path)

@@ -5,15 +5,15 @@ dir: stages 1-8 run once, uninterrupted, as the reference, each stage's outputs 
 as it ends. Then each of stages 2, 4, 5, 6 and 7 is, `trials` times: restored to the state
 before it (its outputs and ``.done`` markers removed), started as
 ``./run.sh ... --stage S --stop_stage S`` in a process group of its own, killed as a whole
-(``kill -9``) at a seeded random moment within the stage's reference time, and rerun with the
-same command to completion. Each trial then checks that the rerun exits 0, that the stage's
+(``kill -9``) at a seeded random moment within the stage's reference time (drawn again if
+the stage ends first), and rerun with the same command to completion. Each trial then checks that the rerun exits 0, that the stage's
 Kaldi maps hold every utterance of the reference exactly once, that the training stages'
 checkpoints load with ``weights_only=True``, and that the outputs equal the reference's: byte
 for byte for formatting, self-generation and decoding (whose scores, stage 8 rerun, must be
 equal too), the final weights tensor for tensor for training.
 
 Trials run from the last stage to the first, so a trial only removes outputs that no later
-trial reads. `run_trials` returns one `Trial` per kill, `render_markdown` their totals per
+trial reads. `run_trials` returns one `Trial` per trial, `render_markdown` their totals per
 stage. Linux only: the running programs are read from ``/proc``.
 """
 
@@ -62,12 +62,16 @@ class StageOutputs:
     model_file: Optional[str] = None  # its final weights, equal to the reference's
 
 
-def _in_sets(sets: Sequence[str], names: Sequence[str]) -> Tuple[str, ...]:
-    return tuple(f"{DUMP}/{s}/{name}" for s in sets for name in names)
-
-
 SETS = ("train", "dev", "test")  # the mini world's (run.sh --world mini)
 TRAINING_SETS = ("train", "dev")
+DECODED = tuple(
+    f"{DECODE}/{name}"
+    for name in ("text", "response", "text_input/response", "cascade/response")
+)
+
+
+def _in_sets(sets: Sequence[str], names: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(f"{DUMP}/{s}/{name}" for s in sets for name in names)
 
 
 STAGES: Dict[int, StageOutputs] = {
@@ -93,17 +97,7 @@ STAGES: Dict[int, StageOutputs] = {
         model_dir="exp/instruct",
         model_file="valid.acc_response.ave.pth",
     ),
-    7: StageOutputs(
-        paths=(DECODE,),
-        utterance_maps=tuple(
-            f"{DECODE}/{name}"
-            for name in ("text", "response", "text_input/response", "cascade/response")
-        ),
-        same_bytes=tuple(
-            f"{DECODE}/{name}"
-            for name in ("text", "response", "text_input/response", "cascade/response")
-        ),
-    ),
+    7: StageOutputs(paths=(DECODE,), utterance_maps=DECODED, same_bytes=DECODED),
 }
 
 
@@ -114,7 +108,7 @@ class Trial:
     stage: int
     trial: int
     kill_at_s: float  # after the command started
-    killed: bool  # False: the command had ended before the kill moment
+    killed: bool  # False: every run ended before its kill moment (`run_trial`)
     running: str  # the programs of the process group at the kill
     resumed: bool  # the rerun of the same command exited 0
     lost: Optional[int]  # reference utterances missing from the stage's Kaldi maps

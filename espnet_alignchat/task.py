@@ -1,4 +1,5 @@
-"""`AlignChatTask`: AlignChat as an ESPnet task, trained by ESPnet's own `Trainer`.
+"""`AlignChatTask`: AlignChat as an ESPnet task, trained by ESPnet's own `Trainer` (made safe to
+kill: `espnet_alignchat.trainer`).
 
 The model, frontend, SpecAugment, normalization and encoder are ESPnet `ClassChoices`: the
 model is AlignChat's speech tokenizer (``model: alignchat``, the default) or the frame-rate
@@ -33,7 +34,6 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
 from espnet2.train.dataset import AbsDataset
-from espnet2.train.trainer import Trainer
 from espnet2.utils.get_default_kwargs import get_default_kwargs
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str2bool, str_or_none
@@ -63,6 +63,7 @@ from espnet_alignchat.llm import (
 from espnet_alignchat.model import IGNORE_ID, AlignChatModel
 from espnet_alignchat.preprocessor import AlignChatPreprocessor
 from espnet_alignchat.speech_chat import SpeechChatMixin
+from espnet_alignchat.trainer import KillSafeTrainer
 from espnet_alignchat.whisper_decoder import init_from_whisper
 
 model_choices = ClassChoices(
@@ -116,7 +117,7 @@ class AlignChatTask(AbsTask):
         normalize_choices,
         encoder_choices,
     ]
-    trainer = Trainer
+    trainer = KillSafeTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:

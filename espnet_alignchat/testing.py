@@ -1,4 +1,5 @@
-"""Tiny local stand-ins for a real LLM, for tests and benchmarks: nothing is downloaded.
+"""Tiny local stand-ins for a real LLM and a tiny run of the recipe, for tests, benchmarks and
+the kill-and-resume check (`espnet_alignchat.kill_resume`): nothing is downloaded.
 
 The LLM is a random `LlamaForCausalLM` with a tokenizer trained on the spot and a chat template,
 saved with `save_pretrained`, so it is loaded back exactly as Llama-3 would be. The tokenizer is
@@ -8,9 +9,10 @@ template's cut behave as in a real LLM).
 """
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
@@ -128,3 +130,95 @@ def save_random_llm(
     model.save_pretrained(path, **kwargs)
     tokenizer.save_pretrained(path)
     return Path(path)
+
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "egs2" / "alignchat"
+# The recipe's scripts, linked (not copied) into a recipe copy, as ESPnet recipes share them.
+RECIPE_SCRIPTS = ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils")
+
+# A speech tokenizer small enough for the mini world's recipe to train in seconds per stage.
+TINY_MODEL = {
+    "frontend_conf": {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40},
+    "normalize": "global_mvn",
+    "encoder": "transformer",
+    "encoder_conf": {
+        "output_size": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+        "input_layer": "conv2d6",
+    },
+    "decoder_conf": {
+        "attention_dim": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+    },
+    "optim": "adam",
+    "optim_conf": {"lr": 0.001},
+    "batch_type": "folded",
+    "batch_size": 8,
+    "fold_length": [80000],
+    "max_epoch": 1,
+    "num_workers": 0,
+    "num_att_plot": 0,
+}
+# The mini world at a tiny size: 24 utterances per set, a mini LLM trained for 10 steps.
+TINY_MINI_WORLD = (
+    "--world", "mini",
+    "--local_data_opts", "--max_utts 24",
+    "--mini_llm_opts", "--steps 10 --log_interval 5",
+)  # fmt: skip
+
+
+def link_recipe(root: Path) -> Path:
+    """A copy of egs2/alignchat at `root` (created) made of links to the recipe's scripts,
+    ``conf/`` and ``local/``, so its data, dumps and experiments stay under `root`."""
+    if not RECIPE.is_dir():
+        raise FileNotFoundError(
+            f"{RECIPE}: no recipe dir (the package must be installed from its source tree)"
+        )
+    root.mkdir(parents=True)
+    for name in RECIPE_SCRIPTS:
+        (root / name).symlink_to(RECIPE / name)
+    (root / "conf").symlink_to(REPO / "conf")
+    (root / "local").symlink_to(REPO / "local")
+    return root
+
+
+def write_tiny_configs(where: Path, max_epoch: int = 1) -> Dict[str, Path]:
+    """`TINY_MODEL`'s two training configs and a short decoding config in `where`:
+    ``{"pretrain": path, "instruct": path, "decode": path}``."""
+    model = dict(TINY_MODEL, max_epoch=max_epoch)
+    pretrain = dict(model, model_conf={"mode": "pretrain", "ctc_weight": 0.3})
+    pretrain["best_model_criterion"] = [["valid", "acc", "max"]]
+    instruct = dict(model, model_conf={"mode": "instruct", "kl_weight": 0.5})
+    instruct["best_model_criterion"] = [["valid", "acc_response", "max"]]
+    decode = {"batch_size": 4, "max_new_tokens": 8}
+    paths = {}
+    for name, conf in (
+        ("pretrain", pretrain),
+        ("instruct", instruct),
+        ("decode", decode),
+    ):
+        paths[name] = where / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(conf))
+    return paths
+
+
+def recipe_command(configs: Dict[str, Path], *options: str) -> List[str]:
+    """`./run.sh` with two jobs per stage, the configs {pretrain, instruct, decode} under the
+    fixed tags ``pretrain``, ``instruct`` and ``decode``, and `options`."""
+    return [
+        "./run.sh",
+        "--nj", "2",
+        "--inference_nj", "2",
+        "--pretrain_config", str(configs["pretrain"]),
+        "--instruct_config", str(configs["instruct"]),
+        "--inference_config", str(configs["decode"]),
+        "--pretrain_tag", "pretrain",
+        "--instruct_tag", "instruct",
+        "--inference_tag", "decode",
+        *options,
+    ]  # fmt: skip

@@ -14,15 +14,13 @@ import torch
 import transformers
 import yaml
 
-from espnet_alignchat.testing import build_word_tokenizer, save_random_llm
+from espnet_alignchat.testing import build_word_tokenizer, link_recipe, save_random_llm
 
 WORDS = (
     "what is one two three four five six seven eight nine ten plus minus times "
     "yes no hello world the answer say again please thank you big small"
 ).split()
 SAMPLE_RATE = 16000
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "egs2" / "alignchat"
 
 
 def build_tokenizer():
@@ -321,10 +319,4 @@ def tiny_whisper(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """A copy of the recipe dir (links to its scripts, as ESPnet recipes share them)."""
-    root = tmp_path_factory.mktemp("egs2") / "alignchat"
-    root.mkdir()
-    for name in ("alignchat.sh", "run.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        (root / name).symlink_to(RECIPE / name)
-    (root / "conf").symlink_to(REPO / "conf")
-    (root / "local").symlink_to(REPO / "local")
-    return root
+    return link_recipe(tmp_path_factory.mktemp("egs2") / "alignchat")

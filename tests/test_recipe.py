@@ -13,59 +13,14 @@ import torch
 import yaml
 
 from espnet_alignchat.datadir import read_kaldi_map
-
-TINY_MODEL = {
-    "frontend_conf": {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40},
-    "normalize": "global_mvn",
-    "encoder": "transformer",
-    "encoder_conf": {
-        "output_size": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-        "input_layer": "conv2d6",
-    },
-    "decoder_conf": {
-        "attention_dim": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-    },
-    "optim": "adam",
-    "optim_conf": {"lr": 0.001},
-    "batch_type": "folded",
-    "batch_size": 8,
-    "fold_length": [80000],
-    "max_epoch": 1,
-    "num_workers": 0,
-    "num_att_plot": 0,
-}
-
-
-def write_configs(where: Path) -> dict:
-    pretrain = dict(TINY_MODEL, model_conf={"mode": "pretrain", "ctc_weight": 0.3})
-    pretrain["best_model_criterion"] = [["valid", "acc", "max"]]
-    instruct = dict(TINY_MODEL, model_conf={"mode": "instruct", "kl_weight": 0.5})
-    instruct["best_model_criterion"] = [["valid", "acc_response", "max"]]
-    decode = {"batch_size": 4, "max_new_tokens": 8}
-    paths = {}
-    for name, conf in (
-        ("pretrain", pretrain),
-        ("instruct", instruct),
-        ("decode", decode),
-    ):
-        paths[name] = where / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(conf))
-    return paths
+from espnet_alignchat.testing import TINY_MINI_WORLD, write_tiny_configs
 
 
 def run_recipe(recipe: Path, *options: str) -> str:
     return recipe_runs.run_recipe(
         recipe,
-        write_configs(recipe.parent),
-        "--world", "mini",
-        "--local_data_opts", "--max_utts 24",
-        "--mini_llm_opts", "--steps 10 --log_interval 5",
+        write_tiny_configs(recipe.parent),
+        *TINY_MINI_WORLD,
         *options,
         timeout=900,
     )  # fmt: skip

@@ -150,6 +150,17 @@ split_keys() {
     echo "${n}"
 }
 
+# Write the output of a command (the arguments after $1) to file $1 whole or not at all: a
+# killed or failed writer leaves no half file that a rerun or a later stage takes as complete
+# (it writes a hidden .<name>.partial beside it, renamed once the command succeeded).
+write_whole() {
+    local out=$1 partial
+    shift
+    partial=$(dirname "${out}")/.$(basename "${out}").partial
+    "$@" > "${partial}" || { rm -f "${partial}"; return 1; }
+    mv -f "${partial}" "${out}"
+}
+
 # Sorted concatenation of the same file of every split job.
 merge_splits() {
     local name=$1 out=$2 split
@@ -158,7 +169,7 @@ merge_splits() {
     for split in "$@"; do
         [ -f "${split}/${name}" ] && parts+=("${split}/${name}")
     done
-    [ ${#parts[@]} -eq 0 ] || sort "${parts[@]}" > "${out}/${name}"
+    [ ${#parts[@]} -eq 0 ] || write_whole "${out}/${name}" sort "${parts[@]}"
 }
 
 # The normalization statistics file, when the config normalizes with global statistics.
@@ -397,7 +408,7 @@ if run_stage 4 && ! is_done "${pretrain_exp}"; then
     stage_start=${SECONDS}
     log "stage 4: stage-1 pretraining (LLM embeddings only) -> ${pretrain_exp}"
     mkdir -p "${pretrain_exp}"
-    [ -f "${pretrain_exp}/llm_sha256.before" ] || llm_checksums > "${pretrain_exp}/llm_sha256.before"
+    [ -f "${pretrain_exp}/llm_sha256.before" ] || write_whole "${pretrain_exp}/llm_sha256.before" llm_checksums
     # shellcheck disable=SC2086
     train_stage "${pretrain_config}" "${pretrain_exp}" false "${train_set}" \
         "${stats_dir}/train/speech_shape" ${pretrain_args}

@@ -109,6 +109,7 @@ class Trial:
     trial: int
     kill_at_s: float  # after the command started
     killed: bool  # False: every run ended before its kill moment (`run_trial`)
+    ended_first: int  # runs that ended before their kill moment, so were run again
     running: str  # the programs of the process group at the kill
     resumed: bool  # the rerun of the same command exited 0
     lost: Optional[int]  # reference utterances missing from the stage's Kaldi maps
@@ -404,7 +405,7 @@ def run_trial(
     start = time.monotonic()
     name = f"stage{stage}_trial{trial}"
     window = max(reference.stage_seconds[stage], 1)
-    notes = []
+    ended_first = []
     for _ in range(ATTEMPTS):
         restore_before(recipe.root, stage)
         kill_at = draw.uniform(0, window)
@@ -413,7 +414,8 @@ def run_trial(
         )
         if killed:
             break
-        notes.append(f"ended in {window:.0f} s, before a kill at {kill_at:.0f} s")
+        ended_first.append(f"ended in {window:.0f} s, before a kill at {kill_at:.0f} s")
+    notes = list(ended_first)
     rerun = recipe.run(stage, f"{name}_rerun.log")
     resumed = rerun.returncode == 0
     lost = duplicated = loads = None
@@ -428,6 +430,7 @@ def run_trial(
         trial=trial,
         kill_at_s=round(kill_at, 2),
         killed=killed,
+        ended_first=len(ended_first),
         running=running,
         resumed=resumed,
         lost=lost,
@@ -471,10 +474,10 @@ def _share(values: Sequence[Optional[bool]]) -> str:
 def render_markdown(reference: Reference, trials: Sequence[Trial]) -> str:
     """A table of the totals per stage, and over all stages."""
     lines = [
-        "| stage | reference s | kills | ended before the kill | reruns exit 0 "
-        "| utterances lost | duplicated | checkpoints load | equal to uninterrupted "
-        "| s per trial |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | reference s | trials | killed | runs that ended before their kill "
+        "| reruns exit 0 | utterances lost | duplicated | checkpoints load "
+        "| equal to uninterrupted | s per trial |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = [
         (str(s), [t for t in trials if t.stage == s])
@@ -485,8 +488,8 @@ def render_markdown(reference: Reference, trials: Sequence[Trial]) -> str:
         reference_s = str(reference.stage_seconds[int(name)]) if name != "all" else ""
         mean = sum(t.seconds for t in group) / len(group)
         lines.append(
-            f"| {name} | {reference_s} | {sum(t.killed for t in group)} "
-            f"| {sum(not t.killed for t in group)} "
+            f"| {name} | {reference_s} | {len(group)} | {sum(t.killed for t in group)} "
+            f"| {sum(t.ended_first for t in group)} "
             f"| {sum(t.resumed for t in group)}/{len(group)} "
             f"| {_count([t.lost for t in group])} "
             f"| {_count([t.duplicated for t in group])} "

@@ -112,8 +112,9 @@ def test_kills_at_random_moments_lose_nothing_and_change_nothing(tmp_path):
     table = kill_resume.render_markdown(reference, trials)
     assert [t.stage for t in trials] == list(kill_resume.KILLED_STAGES)
     for trial in trials:
-        assert trial.resumed, trial
+        assert trial.killed and trial.resumed, trial
         assert trial.lost in (0, None) and trial.duplicated in (0, None), trial
         assert trial.checkpoints_load in (True, None), trial
         assert trial.equal, trial
-    assert table.splitlines()[-1].startswith("| all |"), table
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows == ["2", "4", "5", "6", "7", "all"], table

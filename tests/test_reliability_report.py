@@ -24,6 +24,7 @@ def trial(stage: int, **changes) -> kill_resume.Trial:
         trial=1,
         kill_at_s=3.5,
         killed=True,
+        ended_first=0,
         running="python3 -m espnet_alignchat.bin.format_data",
         resumed=True,
         lost=0,

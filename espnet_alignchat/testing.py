@@ -164,6 +164,37 @@ TINY_MODEL = {
     "num_workers": 0,
     "num_att_plot": 0,
 }
+# A training config of `AlignChatTask` small enough for one epoch in seconds on a CPU (the
+# tests' and the bad-input suite's).
+TINY_TRAINING = {
+    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
+    "normalize": "global_mvn",
+    "encoder": "conformer",
+    "encoder_conf": {
+        "output_size": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+        "input_layer": "conv2d",
+        "cnn_module_kernel": 7,
+    },
+    "decoder_conf": {
+        "attention_dim": 32,
+        "attention_heads": 2,
+        "linear_units": 64,
+        "num_blocks": 1,
+    },
+    "batch_type": "folded",
+    "fold_length": [80000],
+    "batch_size": 4,
+    "max_epoch": 1,
+    "num_workers": 0,
+    "optim": "adam",
+    "optim_conf": {"lr": 0.001},
+    "use_tensorboard": False,
+    "use_matplotlib": True,
+    "num_att_plot": 1,
+}
 # The mini world at a tiny size: 24 utterances per set, a mini LLM trained for 10 steps.
 TINY_MINI_WORLD = (
     "--world", "mini",

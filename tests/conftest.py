@@ -14,7 +14,12 @@ import torch
 import transformers
 import yaml
 
-from espnet_alignchat.testing import build_word_tokenizer, link_recipe, save_random_llm
+from espnet_alignchat.testing import (
+    TINY_TRAINING,
+    build_word_tokenizer,
+    link_recipe,
+    save_random_llm,
+)
 
 WORDS = (
     "what is one two three four five six seven eight nine ten plus minus times "
@@ -173,37 +178,6 @@ UTTERANCES = {
     )
 }
 
-# A training config small enough for one epoch in seconds on a CPU.
-TINY_CONFIG = {
-    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
-    "normalize": "global_mvn",
-    "encoder": "conformer",
-    "encoder_conf": {
-        "output_size": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-        "input_layer": "conv2d",
-        "cnn_module_kernel": 7,
-    },
-    "decoder_conf": {
-        "attention_dim": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-    },
-    "batch_type": "folded",
-    "fold_length": [80000],
-    "batch_size": 4,
-    "max_epoch": 1,
-    "num_workers": 0,
-    "optim": "adam",
-    "optim_conf": {"lr": 0.001},
-    "use_tensorboard": False,
-    "use_matplotlib": True,
-    "num_att_plot": 1,
-}
-
 
 def data_args(data: Path, split: str, response: bool) -> List[str]:
     """ESPnet's ``--{split}_data_path_and_name_and_type`` options for a data dir."""
@@ -232,9 +206,9 @@ def train(
     **model_conf,
 ):
     """One training stage (`mode`) of `model` through ESPnet's own `main`, with
-    `TINY_CONFIG` and `model_conf`."""
+    `TINY_TRAINING` and `model_conf`."""
     config = tmp / f"{model}_{mode}.yaml"
-    conf = dict(TINY_CONFIG, model=model, model_conf={"mode": mode, **model_conf})
+    conf = dict(TINY_TRAINING, model=model, model_conf={"mode": mode, **model_conf})
     conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
     config.write_text(yaml.safe_dump(conf))
     from espnet_alignchat.bin import alignchat_train

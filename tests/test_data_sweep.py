@@ -9,11 +9,11 @@ from typing import Dict, List
 
 import pytest
 import yaml
-from conftest import REPO
 
 from espnet_alignchat.bin import data_sweep
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.sweep import Cost, Sweep, spread
+from espnet_alignchat.testing import REPO
 
 KEYS = [f"spk{i % 4}-utt{i:02d}" for i in range(20)]
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG, UTTERANCES, collect_stats, data_args, write_data_dir
+from conftest import UTTERANCES, collect_stats, data_args, write_data_dir
 from safetensors.torch import load_file
+
+from espnet_alignchat.testing import TINY_TRAINING
 
 RANK_SCRIPT = Path(__file__).with_name("ddp_rank.py")
 
@@ -24,7 +26,7 @@ def ranks(tmp_path_factory, tiny_llm):
     stats = tmp / "stats"
     collect_stats(tiny_llm, data, stats)
     config = tmp / "instruct.yaml"
-    conf = dict(TINY_CONFIG, model_conf={"mode": "instruct"}, num_att_plot=0)
+    conf = dict(TINY_TRAINING, model_conf={"mode": "instruct"}, num_att_plot=0)
     conf["normalize_conf"] = {"stats_file": str(stats / "train" / "feats_stats.npz")}
     config.write_text(yaml.safe_dump(conf))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -20,6 +20,7 @@ from espnet_alignchat.bad_inputs.kinds import (
     INFERENCE,
     VOICEBENCH,
 )
+from espnet_alignchat.testing import TINY_TRAINING
 
 
 @dataclass
@@ -55,35 +56,15 @@ def run(name: str, module: str, args: List[str], logs: Path) -> Run:
     return Run(name, result.returncode, result.stdout, result.stderr)
 
 
-TRAIN_CONFIG = {
-    "frontend_conf": {"n_fft": 256, "hop_length": 160, "n_mels": 20},
-    "encoder": "conformer",
-    "encoder_conf": {
-        "output_size": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-        "input_layer": "conv2d",
-        "cnn_module_kernel": 7,
-    },
-    "decoder_conf": {
-        "attention_dim": 32,
-        "attention_heads": 2,
-        "linear_units": 64,
-        "num_blocks": 1,
-    },
-    "model_conf": {"mode": "pretrain"},
-    "batch_type": "folded",
-    "fold_length": [80000],
-    "batch_size": 4,
-    "max_epoch": 1,
-    "num_workers": 0,
-    "optim": "adam",
-    "optim_conf": {"lr": 0.002},
-    "use_tensorboard": False,
-    "use_matplotlib": False,
-    "num_att_plot": 0,
-}
+# utterance_mvn: the suite's training is given no feature statistics file (global_mvn's).
+TRAIN_CONFIG = dict(
+    TINY_TRAINING,
+    normalize="utterance_mvn",
+    model_conf={"mode": "pretrain"},
+    optim_conf={"lr": 0.002},
+    use_matplotlib=False,
+    num_att_plot=0,
+)
 
 
 def data_options(split: str, data: Path) -> List[str]:

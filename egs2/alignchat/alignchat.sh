@@ -408,7 +408,8 @@ if run_stage 4 && ! is_done "${pretrain_exp}"; then
     stage_start=${SECONDS}
     log "stage 4: stage-1 pretraining (LLM embeddings only) -> ${pretrain_exp}"
     mkdir -p "${pretrain_exp}"
-    [ -f "${pretrain_exp}/llm_sha256.before" ] || write_whole "${pretrain_exp}/llm_sha256.before" llm_checksums
+    [ -f "${pretrain_exp}/llm_sha256.before" ] ||
+        write_whole "${pretrain_exp}/llm_sha256.before" llm_checksums
     # shellcheck disable=SC2086
     train_stage "${pretrain_config}" "${pretrain_exp}" false "${train_set}" \
         "${stats_dir}/train/speech_shape" ${pretrain_args}

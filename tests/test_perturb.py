@@ -10,7 +10,7 @@ import soundfile
 
 from espnet_alignchat.bin import perturb_data
 from espnet_alignchat.datadir import read_kaldi_map
-from espnet_alignchat.perturb import TalkerPool
+from espnet_alignchat.perturb import KINDS, TalkerPool
 
 RATE = 16000
 needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="no sox")
@@ -189,7 +189,9 @@ def test_a_bad_file_is_skipped_and_named_and_the_rest_written(tmp_path, capsys):
     for name in ("text", "utt2spk", "answer"):
         assert sorted(read_kaldi_map(out / name)) == ["u0", "u1"], name
     assert read_kaldi_map(out / "spk2utt") == {"s0": "u0", "s1": "u1"}
-    assert json.loads((out / "perturbation.json").read_text())["snr"] == 10.0
+    options = json.loads((out / "perturbation.json").read_text())
+    assert options["snr"] == 10.0 and options["color"] == "white"
+    assert "factor" not in options and "talkers" not in options  # not noise's
     assert not [p for p in out.rglob(".*partial")]
 
 
@@ -201,3 +203,11 @@ def test_a_missing_program_is_one_line_before_any_audio(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip()
     assert err == "perturb_data: error: sox is not on the PATH (apt-get install sox)"
     assert not (tmp_path / "out").exists()
+
+
+def test_every_kind_says_which_options_it_records():
+    assert set(perturb_data.OPTIONS_OF_KIND) == set(KINDS)
+    parser_options = {action.dest for action in perturb_data.get_parser()._actions}
+    for options in perturb_data.OPTIONS_OF_KIND.values():
+        assert set(options) <= parser_options
+    assert set(perturb_data.COMMON_OPTIONS) <= parser_options

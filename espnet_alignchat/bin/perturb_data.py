@@ -15,8 +15,8 @@ Writes ``--out_dir``: ``wav/<uttid>.wav`` (16-bit; 8 kHz for ``telephone``, else
 ``wav.scp``, ``utt2spk``, ``spk2utt``, ``text`` and the other files keyed by utterance
 (``answer``, ``utt2kind``…), restricted to the utterances written; ``skipped``: ``uttid
 reason`` for each utterance whose audio could not be read or perturbed (each is also reported
-on one line, and the others are written); ``perturbation.json``: the options. Every file
-appears whole or not at all. Stage 2 of the recipe formats such a dir like any test set.
+on one line, and the others are written); ``perturbation.json``: the options that apply to
+the chosen kind. Every file appears whole or not at all. Stage 2 of the recipe formats such a dir like any test set.
 """
 
 import argparse
@@ -69,6 +69,18 @@ NOT_COPIED = {
     "dropped",
     "skipped",
     "template_mismatch",
+}
+
+
+# What perturbation.json records: the options every run uses and those of its kind.
+COMMON_OPTIONS = ("in_dir", "out_dir", "perturbation", "fs", "seed")
+OPTIONS_OF_KIND = {
+    "noise": ("snr", "color"),
+    "babble": ("snr", "talkers", "babble_pool"),
+    "tempo": ("factor",),
+    "speed": ("factor",),
+    "telephone": (),
+    "codec": ("codec", "bitrate"),
 }
 
 
@@ -204,10 +216,11 @@ def write_outputs(
     outputs["skipped"] = skipped
     for name, values in outputs.items():
         write_kaldi_map(args.out_dir / name, values)
+    recorded = COMMON_OPTIONS + OPTIONS_OF_KIND[args.perturbation]
     options = {
         key: str(value) if isinstance(value, Path) else value
         for key, value in vars(args).items()
-        if key != "log_level"
+        if key in recorded
     }
     atomic_write_text(
         args.out_dir / "perturbation.json", json.dumps(options, indent=2) + "\n"

@@ -63,8 +63,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         "--output_mode",
         choices=OUTPUT_MODES,
         default="continuous",
-        help="what the LLM reads: the decoder's vectors, E[decoded ids], or E weighted "
-        "by the decoder's token probabilities",
+        help="what the LLM reads: the decoder's vectors (continuous), E[decoded ids] (snap), "
+        "E[the decoded text's ids as the LLM's tokenizer splits it] (canonical), or E "
+        "weighted by the decoder's token probabilities (expected)",
     )
 
 

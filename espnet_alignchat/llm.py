@@ -460,6 +460,12 @@ class FrozenLLM:
         """Token ids of plain text, as the speech tokenizer is trained to produce them."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def canonical_ids(self, token_ids: Sequence[int]) -> List[int]:
+        """`token_ids` as the tokenizer itself splits their text (a BPE text has many
+        spellings in tokens; the tokenizer writes one of them)."""
+        text = self.tokenizer.decode(token_ids, clean_up_tokenization_spaces=False)
+        return self.tokenize(text)
+
     def prompt_layout(
         self, system: Optional[str] = None, user_template: str = SPEECH_PLACEHOLDER
     ) -> PromptLayout:

@@ -34,7 +34,7 @@ from espnet_alignchat.search import (
 from espnet_alignchat.speech_chat import IGNORE_ID, SpeechChatMixin, id_lists
 
 MODES = ("pretrain", "instruct")
-OUTPUT_MODES = ("continuous", "snap", "expected")
+OUTPUT_MODES = ("continuous", "snap", "canonical", "expected")
 SPEECH_VECTORS = ("head", "expected")
 VECTOR_SCALES = ("free", "normalize", "gain")
 STAGE2_INPUTS = ("teacher", "on_policy", "scheduled")
@@ -529,7 +529,9 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
 
         ``output_mode`` says what each hypothesis' ``vectors`` hold for the LLM: the decoder's
         own ``z`` (``continuous``), the embeddings ``E[token]`` of the decoded ids (``snap``),
-        or the embeddings weighted by the decoder's token probabilities (``expected``).
+        the embeddings of the decoded text as the LLM's tokenizer splits it (``canonical``:
+        its ``token_ids`` are replaced by those), or the embeddings weighted by the decoder's
+        token probabilities (``expected``).
         """
         if output_mode not in OUTPUT_MODES:
             raise ValueError(
@@ -541,7 +543,12 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
         hypotheses = self._search(
             memory, memory_lengths, limits, beam_size, length_bonus
         )
-        if output_mode == "snap":
+        if output_mode == "canonical":
+            # The decoder can spell a rare word in pieces the LLM's tokenizer never writes
+            # (" grizz" "ly" for " grizzly"); a frozen LLM reads its own split of it better.
+            for hypothesis in hypotheses:
+                hypothesis.token_ids = self.llm.canonical_ids(hypothesis.token_ids)
+        if output_mode in ("snap", "canonical"):
             for hypothesis in hypotheses:
                 ids = torch.tensor(
                     hypothesis.token_ids, dtype=torch.long, device=memory.device

@@ -189,6 +189,21 @@ def test_a_merge_across_the_cut_is_reported(bpe_llm):
     assert "What" in theirs and "What" not in ours
 
 
+def test_canonical_ids_merge_a_split_the_tokenizer_never_writes(bpe_llm):
+    """ " capital" spelled in two pieces comes back as the tokenizer's own one token."""
+    canonical = bpe_llm.tokenize("What is the capital of France?")
+    tokens = bpe_llm.tokenizer.convert_ids_to_tokens(canonical)
+    word = tokens.index("Ġcapital")
+    pieces = bpe_llm.tokenizer.convert_tokens_to_ids(["Ġcap", "ital"])
+    assert bpe_llm.tokenizer.unk_token_id not in pieces
+    split = canonical[:word] + pieces + canonical[word + 1 :]
+    assert bpe_llm.tokenizer.decode(split) == bpe_llm.tokenizer.decode(canonical)
+    assert bpe_llm.canonical_ids(split) == canonical
+    assert bpe_llm.canonical_ids(canonical) == canonical
+    spaced = bpe_llm.tokenize(" hello there")  # a leading space is kept, not stripped
+    assert bpe_llm.canonical_ids(spaced) == spaced
+
+
 def test_a_shared_prefix_run_once_gives_the_whole_prompts_logits(bpe_llm):
     """Training runs the template's prefix once and the rests behind it, padded on the
     right: the logits of each row's last positions are those of its whole prompt, and the

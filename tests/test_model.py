@@ -154,6 +154,29 @@ def test_output_modes(tiny_llm, batch):
         assert not torch.equal(c.vectors, s.vectors)
 
 
+def test_canonical_output_mode_embeds_the_tokenizer_s_own_split(
+    tiny_llm, batch, monkeypatch
+):
+    model = build(tiny_llm).eval()
+    model.end_token_id = -1  # never ends: every hypothesis runs to its limit
+    speech, lengths = batch["speech"], batch["speech_lengths"]
+    calls = []
+
+    def canonical_ids(
+        token_ids,
+    ):  # the word-level tokenizer has one split: fake another
+        calls.append(list(token_ids))
+        return list(token_ids[:2])
+
+    monkeypatch.setattr(model.llm, "canonical_ids", canonical_ids)
+    snapped = model.tokenize(speech, lengths, max_tokens=6, output_mode="snap")
+    canonical = model.tokenize(speech, lengths, max_tokens=6, output_mode="canonical")
+    assert calls == [s.token_ids for s in snapped]
+    for s, c in zip(snapped, canonical):
+        assert c.token_ids == s.token_ids[:2]
+        assert torch.equal(c.vectors, model.llm.embed(torch.tensor(c.token_ids)))
+
+
 def test_expected_vectors_weight_the_embeddings_by_the_decoder_s_probabilities(
     tiny_llm, batch
 ):

@@ -1,6 +1,6 @@
 """A web page to talk to a trained model: speak, upload a file or type (Gradio).
 
-    chat = Speech2Chat.from_pretrained("exp/train_instruct_real", output_mode="snap")
+    chat = Speech2Chat.from_pretrained("exp/train_instruct_real", output_mode="canonical")
     launch(build_demo(chat))            # http://127.0.0.1:7860, until interrupted
 
 A question spoken into the microphone or uploaded is answered as soon as the recording stops

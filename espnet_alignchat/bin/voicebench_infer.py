@@ -84,7 +84,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--output_mode",
         choices=OUTPUT_MODES,
         default="continuous",
-        help="what the LLM reads (the real track decodes with snap)",
+        help="what the LLM reads (the real track decodes with canonical)",
     )
     parser.add_argument("--log_level", default="INFO")
     return parser

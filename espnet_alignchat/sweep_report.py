@@ -145,6 +145,7 @@ def plot(points: Sequence[Dict], path: Path) -> None:
                 xytext=(4, 4),
             )
     axes.set_xscale("log")
+    axes.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     axes.set_xticks(all_hours, labels=[f"{h:.2g}" for h in all_hours])
     axes.minorticks_off()
     axes.set_xlabel("hours of training speech (log scale)")

@@ -18,7 +18,7 @@ import argparse
 import logging
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from espnet_alignchat.cli import exit_on_user_error, setup_logging
 from espnet_alignchat.datadir import read_kaldi_map
@@ -67,7 +67,9 @@ def sign_test_p(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def agreeing(reference: Dict[str, str], answers: Dict[str, str], path: Path) -> set:
+def agreeing(
+    reference: Dict[str, str], answers: Dict[str, str], path: Path
+) -> Set[str]:
     """The utterances whose answer equals the reference's after normalisation."""
     extra = [utt_id for utt_id in answers if utt_id not in reference]
     if extra:
@@ -85,7 +87,9 @@ def agreeing(reference: Dict[str, str], answers: Dict[str, str], path: Path) -> 
     }
 
 
-def compare(reference: Dict[str, str], systems: Sequence[Tuple[str, set]]) -> List[str]:
+def compare(
+    reference: Dict[str, str], systems: Sequence[Tuple[str, Set[str]]]
+) -> List[str]:
     """The Markdown table of `systems` (label, agreeing utterances), the first the baseline."""
     base_label, base = systems[0]
     lines = [

@@ -24,9 +24,8 @@ DEFAULT_MODEL = "exp/train_instruct_real"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default_model=DEFAULT_MODEL)
-    parser.set_defaults(
-        output_mode="canonical"
-    )  # as conf/decode_real.yaml, for that model
+    # As conf/decode_real.yaml decodes the default model.
+    parser.set_defaults(output_mode="canonical")
     add_generation_arguments(parser)
     group = parser.add_argument_group("the page")
     group.add_argument("--host", default="127.0.0.1", help="the address to serve on")

@@ -162,9 +162,8 @@ def test_canonical_output_mode_embeds_the_tokenizer_s_own_split(
     speech, lengths = batch["speech"], batch["speech_lengths"]
     calls = []
 
-    def canonical_ids(
-        token_ids,
-    ):  # the word-level tokenizer has one split: fake another
+    # The word-level tokenizer has one split of every text: fake another.
+    def canonical_ids(token_ids):
         calls.append(list(token_ids))
         return list(token_ids[:2])
 

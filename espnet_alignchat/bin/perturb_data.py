@@ -16,7 +16,8 @@ Writes ``--out_dir``: ``wav/<uttid>.wav`` (16-bit; 8 kHz for ``telephone``, else
 (``answer``, ``utt2kind``…), restricted to the utterances written; ``skipped``: ``uttid
 reason`` for each utterance whose audio could not be read or perturbed (each is also reported
 on one line, and the others are written); ``perturbation.json``: the options that apply to
-the chosen kind. Every file appears whole or not at all. Stage 2 of the recipe formats such a dir like any test set.
+the chosen kind. Every file appears whole or not at all. Stage 2 of the recipe formats such a
+dir like any test set.
 """
 
 import argparse

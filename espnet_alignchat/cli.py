@@ -67,11 +67,25 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         "E[the decoded text's ids as the LLM's tokenizer splits it] (canonical), or E "
         "weighted by the decoder's token probabilities (expected)",
     )
+    group.add_argument(
+        "--expected_temperature",
+        type=float,
+        default=1.0,
+        help="softmax temperature of output_mode expected: below 1 moves each vector "
+        "towards the most likely token's embedding",
+    )
 
 
 def decoding_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The options of `add_decoding_arguments`, as `Speech2Chat` takes them."""
-    names = ("beam_size", "maxlenratio", "max_tokens", "length_bonus", "output_mode")
+    names = (
+        "beam_size",
+        "maxlenratio",
+        "max_tokens",
+        "length_bonus",
+        "output_mode",
+        "expected_temperature",
+    )
     return {name: getattr(args, name) for name in names}
 
 

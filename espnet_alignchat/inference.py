@@ -163,7 +163,8 @@ class Speech2Chat:
 
     Args:
         model: a trained `AlignChatModel` or `FrameAdapterModel` (see `from_pretrained`).
-        beam_size, maxlenratio, max_tokens, length_bonus, output_mode: the speech tokenizer's
+        beam_size, maxlenratio, max_tokens, length_bonus, output_mode,
+            expected_temperature: the speech tokenizer's
             decoding (`AlignChatModel.tokenize`); a frame-rate adapter decodes no tokens and
             has none of these.
         system_prompt: the LLM's system message (default: the one the model was trained with).
@@ -178,6 +179,7 @@ class Speech2Chat:
         max_tokens: int = 512,
         length_bonus: float = 0.0,
         output_mode: str = "continuous",
+        expected_temperature: float = 1.0,
         system_prompt: Optional[str] = None,
         generation: Optional[Dict[str, Any]] = None,
     ):
@@ -189,6 +191,7 @@ class Speech2Chat:
             max_tokens=max_tokens,
             length_bonus=length_bonus,
             output_mode=output_mode,
+            expected_temperature=expected_temperature,
         )
         self.system_prompt = (
             model.system_prompt if system_prompt is None else system_prompt

@@ -369,9 +369,13 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
             return self.token_logits(z, rows=rows)
         return self.decoder.token_scores(hidden, rows)
 
-    def expected_vectors(self, z: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """``softmax(token logits) @ E`` for the decoder outputs (z, hidden), in z's dtype."""
-        probabilities = self.scores(z, hidden).float().softmax(dim=-1)
+    def expected_vectors(
+        self, z: torch.Tensor, hidden: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """``softmax(token logits / temperature) @ E`` for the decoder outputs (z, hidden),
+        in z's dtype. Below 1 the mixture moves towards the most likely token's row.
+        """
+        probabilities = (self.scores(z, hidden).float() / temperature).softmax(dim=-1)
         return (probabilities @ self.llm.embeddings_as(torch.float32)).to(z.dtype)
 
     def _alignment_losses(self, z, hidden, text, text_lengths, memory, memory_lengths):
@@ -524,6 +528,7 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
         max_tokens: int = 512,
         length_bonus: float = 0.0,
         output_mode: str = "continuous",
+        expected_temperature: float = 1.0,
     ) -> List[Hypothesis]:
         """The speech tokenizer: LLM tokens and their vectors for a batch of waveforms.
 
@@ -531,11 +536,16 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
         own ``z`` (``continuous``), the embeddings ``E[token]`` of the decoded ids (``snap``),
         the embeddings of the decoded text as the LLM's tokenizer splits it (``canonical``:
         its ``token_ids`` are replaced by those), or the embeddings weighted by the decoder's
-        token probabilities (``expected``).
+        token probabilities (``expected``), sharpened by ``expected_temperature`` < 1 (which
+        tends to ``snap`` as it tends to 0; the other modes ignore it).
         """
         if output_mode not in OUTPUT_MODES:
             raise ValueError(
                 f"output_mode must be one of {OUTPUT_MODES}: {output_mode}"
+            )
+        if not expected_temperature > 0:
+            raise ValueError(
+                f"expected_temperature must be > 0: {expected_temperature}"
             )
         self.llm.to(speech.device)
         memory, memory_lengths = self.encode(speech, speech_lengths)
@@ -555,7 +565,9 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
                 )
                 hypothesis.vectors = self.llm.embed(ids)
         elif output_mode == "expected":
-            self._expected_vectors(hypotheses, memory, memory_lengths)
+            self._expected_vectors(
+                hypotheses, memory, memory_lengths, expected_temperature
+            )
         return hypotheses
 
     def _search(
@@ -593,17 +605,18 @@ class AlignChatModel(SpeechChatMixin, AbsESPnetModel):
         hypotheses: List[Hypothesis],
         memory: torch.Tensor,
         memory_lengths: torch.Tensor,
+        temperature: float = 1.0,
     ) -> None:
-        """Replace each hypothesis' vectors by ``softmax(logits) @ E`` at its positions: the
-        embedding of the token where the decoder is sure, a blend of its candidates where it
-        is not. The logits come from one teacher-forced pass over the decoded ids, which
-        gives what the search saw at each step.
+        """Replace each hypothesis' vectors by ``softmax(logits / temperature) @ E`` at its
+        positions: the embedding of the token where the decoder is sure, a blend of its
+        candidates where it is not. The logits come from one teacher-forced pass over the
+        decoded ids, which gives what the search saw at each step.
         """
         lengths = [len(hypothesis.token_ids) for hypothesis in hypotheses]
         ids = torch.full((len(hypotheses), max(lengths)), IGNORE_ID)
         for row, hypothesis in enumerate(hypotheses):
             ids[row, : lengths[row]] = torch.tensor(hypothesis.token_ids)
         z, hidden = self.decode(memory, memory_lengths, ids.to(memory.device))
-        vectors = self.expected_vectors(z, hidden)
+        vectors = self.expected_vectors(z, hidden, temperature)
         for row, hypothesis in enumerate(hypotheses):
             hypothesis.vectors = vectors[row, : lengths[row]]

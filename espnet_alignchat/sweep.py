@@ -57,6 +57,7 @@ SEARCH_OPTIONS = (
     "max_tokens",
     "length_bonus",
     "output_mode",
+    "expected_temperature",
 )
 INFERENCE_MODEL = "valid.acc_response.ave.pth"  # alignchat.sh's --inference_model
 DECODE_TAG = "decode"

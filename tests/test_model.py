@@ -203,6 +203,36 @@ def test_expected_vectors_weight_the_embeddings_by_the_decoder_s_probabilities(
         torch.testing.assert_close(e.vectors, weights_times_e)
 
 
+def test_expected_temperature_moves_the_vectors_between_expected_and_snap(
+    tiny_llm, batch
+):
+    model = build(tiny_llm).eval()
+    model.end_token_id = -1  # never ends: every hypothesis runs to its limit
+    speech, lengths = batch["speech"], batch["speech_lengths"]
+
+    def vectors(**options):
+        decoded = model.tokenize(speech, lengths, max_tokens=5, **options)
+        return torch.stack([h.vectors for h in decoded])
+
+    snapped = vectors(output_mode="snap")
+    temperatures = (1.0, 0.5, 0.1, 1e-4)
+    distances = [
+        (vectors(output_mode="expected", expected_temperature=t) - snapped).norm()
+        for t in temperatures
+    ]
+    torch.testing.assert_close(
+        vectors(output_mode="expected"),
+        vectors(output_mode="expected", expected_temperature=1.0),
+    )
+    # Sharper weights move every vector towards its argmax token's row, reached near 0.
+    assert all(a > b for a, b in zip(distances, distances[1:]))
+    torch.testing.assert_close(
+        vectors(output_mode="expected", expected_temperature=1e-4), snapped
+    )
+    with pytest.raises(ValueError, match="expected_temperature must be > 0"):
+        model.tokenize(speech, lengths, output_mode="expected", expected_temperature=0)
+
+
 def test_checkpoint_of_another_llm_is_refused(tiny_llm, other_llm):
     state = build(tiny_llm).state_dict()
     with pytest.raises(LLMMismatchError, match="other-llama"):

@@ -227,12 +227,13 @@ def write_tiny_configs(where: Path, max_epoch: int = 1) -> Dict[str, Path]:
     instruct = dict(model, model_conf={"mode": "instruct", "kl_weight": 0.5})
     instruct["best_model_criterion"] = [["valid", "acc_response", "max"]]
     decode = {"batch_size": 4, "max_new_tokens": 8}
+    return write_configs(where, pretrain=pretrain, instruct=instruct, decode=decode)
+
+
+def write_configs(where: Path, **configs: Dict) -> Dict[str, Path]:
+    """Each of `configs` as ``<where>/<name>.yaml``: ``{name: path}``."""
     paths = {}
-    for name, conf in (
-        ("pretrain", pretrain),
-        ("instruct", instruct),
-        ("decode", decode),
-    ):
+    for name, conf in configs.items():
         paths[name] = where / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(conf))
     return paths

@@ -13,6 +13,7 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import Dict
 
 import pytest
 import recipe_runs
@@ -26,6 +27,7 @@ from fake_assets import (
 
 from espnet_alignchat.bin import voicebench_suite
 from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.testing import write_configs
 
 # The tiny Whisper's shape and vocabulary: the speech-token decoder starts from its decoder.
 WHISPER = dict(
@@ -117,7 +119,7 @@ def write_assets_table(wheels: Path, contents: dict, table: Path) -> Path:
     return table
 
 
-def write_configs(where: Path) -> dict:
+def write_real_configs(where: Path) -> Dict[str, Path]:
     pretrain = dict(
         TRAINING,
         decoder_conf=dict(WHISPER, init_from_whisper="downloads/whisper-tiny.en"),
@@ -131,21 +133,13 @@ def write_configs(where: Path) -> dict:
     )
     instruct["best_model_criterion"] = [["valid", "acc_response", "max"]]
     decode = {"batch_size": 4, "max_new_tokens": 8, "max_tokens": 16}
-    paths = {}
-    for name, conf in (
-        ("pretrain", pretrain),
-        ("instruct", instruct),
-        ("decode", decode),
-    ):
-        paths[name] = where / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(conf))
-    return paths
+    return write_configs(where, pretrain=pretrain, instruct=instruct, decode=decode)
 
 
 def run_recipe(recipe: Path, *options: str) -> str:
     return recipe_runs.run_recipe(
         recipe,
-        write_configs(recipe.parent),
+        write_real_configs(recipe.parent),
         "--real_assets", str(recipe.parent / "assets.tsv"),
         "--real_data_opts", "--train_size 16 --dev_size 4 --test_size 6 "
         "--engines espeak-ng,flite,festival",

@@ -164,9 +164,8 @@ class Speech2Chat:
     Args:
         model: a trained `AlignChatModel` or `FrameAdapterModel` (see `from_pretrained`).
         beam_size, maxlenratio, max_tokens, length_bonus, output_mode,
-            expected_temperature: the speech tokenizer's
-            decoding (`AlignChatModel.tokenize`); a frame-rate adapter decodes no tokens and
-            has none of these.
+        expected_temperature: the speech tokenizer's decoding (`AlignChatModel.tokenize`);
+            a frame-rate adapter decodes no tokens and has none of these.
         system_prompt: the LLM's system message (default: the one the model was trained with).
         generation: default options of `FrozenLLM.generate_ids` (``max_new_tokens``, ...).
     """

@@ -5,6 +5,7 @@ checks that every stage runs through the real scripts and leaves outputs that pa
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ import recipe_runs
 import torch
 import yaml
 
-from espnet_alignchat.datadir import read_kaldi_map
+from espnet_alignchat.datadir import read_kaldi_map, write_kaldi_map
 from espnet_alignchat.testing import TINY_MINI_WORLD, write_tiny_configs
+
+# What stage 5 writes into a data dir (besides its generate/ dir).
+KEPT_BY_STAGE5 = ("text", "response", "response_int")
 
 
 def run_recipe(recipe: Path, *options: str) -> str:
@@ -100,3 +104,43 @@ def test_a_rerun_skips_every_complete_stage(recipe, first_run):
         "exp/instruct/decode/test",
     ):
         assert f"{done} is complete; skipped" in again
+
+
+def test_bad_utterances_are_listed_by_stages_3_and_5_and_left_out_of_stage2(
+    recipe, first_run
+):
+    # Last in the module: it breaks one utterance's audio and blanks another's transcript,
+    # reruns stages 3, 5 and 6, and puts the data and the statistics back afterwards.
+    train, stats = recipe / "dump/raw/train", recipe / "exp/stats"
+    kept = {train / name: (train / name).read_bytes() for name in KEPT_BY_STAGE5}
+    texts = read_kaldi_map(train / "text")
+    unreadable, blank = sorted(texts)[:2]
+    audio = recipe / read_kaldi_map(train / "wav.scp")[unreadable]  # absolute or not
+    kept[audio] = audio.read_bytes()
+    shutil.move(stats, recipe / "stats.kept")
+    shutil.move(train / "generate", recipe / "generate.kept")
+    audio.write_bytes(b"not audio")
+    write_kaldi_map(train / "text", dict(texts, **{blank: ""}))
+    try:
+        out = run_recipe(
+            recipe, "--stage", "3", "--stop_stage", "6", "--instruct_tag", "skipping"
+        )
+        assert set(read_kaldi_map(stats / "skipped_train")) == {unreadable}
+        assert read_kaldi_map(train / "generate/skipped") == {
+            blank: "the text is empty"
+        }
+        assert "dump/raw/train: 1 utterances have no answer" in out
+        answered = set(read_kaldi_map(train / "response_int"))
+        assert answered == set(texts) - {blank}
+        trained_on = set(read_kaldi_map(train / "generate/speech_shape"))
+        assert trained_on == set(texts) - {blank, unreadable}
+        assert (recipe / "exp/skipping/1epoch.pth").is_file()
+    finally:
+        for path, content in kept.items():
+            path.write_bytes(content)
+        for moved, back in (
+            (recipe / "stats.kept", stats),
+            (recipe / "generate.kept", train / "generate"),
+        ):
+            shutil.rmtree(back, ignore_errors=True)
+            shutil.move(moved, back)

@@ -347,6 +347,10 @@ if run_stage 3 && ! is_done "${stats_dir}"; then
     inputs=()
     for ((job = 1; job <= n; job++)); do inputs+=(--input_dir "${logdir}/stats.${job}"); done
     ${python} -m espnet2.bin.aggregate_stats_dirs "${inputs[@]}" --output_dir "${stats_dir}"
+    # What the jobs could not load (left out of the shape files), in one list per split.
+    outputs=()
+    for ((job = 1; job <= n; job++)); do outputs+=("${logdir}/stats.${job}"); done
+    for name in skipped_train skipped_valid; do merge_splits "${name}" "${stats_dir}" "${outputs[@]}"; done
     mark_done "${stats_dir}"
     finish_stage 3 statistics
 fi
@@ -376,10 +380,20 @@ make_subset() {
     log "${dst}: ${n} of the ${total} utterances of ${src}, for stage 2"
 }
 
+# Shape file $2 cut to the utterances of set $1 that stage 5 answered, as
+# <set>/generate/speech_shape: stage 2 trains on those alone (ESPnet's loader needs every data
+# file to hold every key of the shape file).
+answered_shape() {
+    local answers=${dumpdir}/$1/response_int
+    [ -f "${answers}" ] || { echo "$0: ${answers} is missing: run stage 5 first" >&2; exit 1; }
+    mkdir -p "${dumpdir}/$1/generate"
+    filter_keys "${answers}" "$2" > "${dumpdir}/$1/generate/speech_shape"
+}
+
 # Stage 4 and 6 train through ESPnet's trainer; --resume continues an interrupted run.
 train_stage() {
-    local config=$1 exp=$2 with_response=$3 train=$4 train_shape=$5
-    shift 5
+    local config=$1 exp=$2 with_response=$3 train=$4 train_shape=$5 valid_shape=$6
+    shift 6
     mkdir -p "${exp}"
     log "training log: ${exp}/train.log"
     # shellcheck disable=SC2046
@@ -389,7 +403,7 @@ train_stage() {
             --ngpu "${ngpu}" --multiprocessing_distributed true --resume true \
             --output_dir "${exp}" $(normalize_opts "${config}") $(input_opts) \
             --train_shape_file "${train_shape}" \
-            --valid_shape_file "${stats_dir}/valid/speech_shape" \
+            --valid_shape_file "${valid_shape}" \
             $(train_data_opts train "${train}" "${with_response}") \
             $(train_data_opts valid "${valid_set}" "${with_response}") \
             "$@"
@@ -412,7 +426,7 @@ if run_stage 4 && ! is_done "${pretrain_exp}"; then
         write_whole "${pretrain_exp}/llm_sha256.before" llm_checksums
     # shellcheck disable=SC2086
     train_stage "${pretrain_config}" "${pretrain_exp}" false "${train_set}" \
-        "${stats_dir}/train/speech_shape" ${pretrain_args}
+        "${stats_dir}/train/speech_shape" "${stats_dir}/valid/speech_shape" ${pretrain_args}
     mark_done "${pretrain_exp}"
     finish_stage 4
 fi
@@ -440,12 +454,17 @@ if run_stage 5; then
         for ((job = 1; job <= n; job++)); do splits+=("${dir}/split/${job}"); done
         merge_splits response "${dumpdir}/${set}" "${splits[@]}"
         merge_splits response_int "${dumpdir}/${set}" "${splits[@]}"
+        merge_splits skipped "${dir}" "${splits[@]}"
         expected=$(wc -l < "${dumpdir}/${set}/text_int")
         got=$(wc -l < "${dumpdir}/${set}/response_int")
-        [ "${got}" -eq "${expected}" ] || {
-            echo "$0: ${got} answers for ${expected} utterances in ${dumpdir}/${set}" >&2
+        skipped=0
+        [ ! -f "${dir}/skipped" ] || skipped=$(wc -l < "${dir}/skipped")
+        [ $((got + skipped)) -eq "${expected}" ] || {
+            echo "$0: ${got} answers and ${skipped} skipped for ${expected} utterances in ${dumpdir}/${set}" >&2
             exit 1
         }
+        [ "${skipped}" -eq 0 ] ||
+            log "${dumpdir}/${set}: ${skipped} utterances have no answer (why: ${dir}/skipped); stage 2 leaves them out"
         mark_done "${dir}"
     done
     finish_stage 5
@@ -454,11 +473,15 @@ fi
 if run_stage 6 && ! is_done "${instruct_exp}"; then
     stage_start=${SECONDS}
     log "stage 6: stage-2 instruction tuning (frozen LLM) -> ${instruct_exp}"
-    # shellcheck disable=SC2086
     train_shape=${stats_dir}/train/speech_shape
     [ "${instruct_train_set}" = "${train_set}" ] || train_shape=${dumpdir}/${instruct_train_set}/speech_shape
+    answered_shape "${instruct_train_set}" "${train_shape}"
+    answered_shape "${valid_set}" "${stats_dir}/valid/speech_shape"
+    # shellcheck disable=SC2086
     train_stage "${instruct_config}" "${instruct_exp}" true "${instruct_train_set}" \
-        "${train_shape}" --init_param "${pretrain_exp}/${pretrain_model}" ${instruct_args}
+        "${dumpdir}/${instruct_train_set}/generate/speech_shape" \
+        "${dumpdir}/${valid_set}/generate/speech_shape" \
+        --init_param "${pretrain_exp}/${pretrain_model}" ${instruct_args}
     mark_done "${instruct_exp}"
     finish_stage 6
 fi

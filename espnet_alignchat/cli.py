@@ -62,10 +62,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--output_mode",
         choices=OUTPUT_MODES,
-        default="continuous",
-        help="what the LLM reads: the decoder's vectors (continuous), E[decoded ids] (snap), "
-        "E[the decoded text's ids as the LLM's tokenizer splits it] (canonical), or E "
-        "weighted by the decoder's token probabilities (expected)",
+        default="canonical",
+        help="what the LLM reads: E[the decoded text's ids as the LLM's tokenizer splits it] "
+        "(canonical: the default, what both worlds decode with), E[decoded ids] (snap), the "
+        "decoder's vectors (continuous), or E weighted by the decoder's token probabilities "
+        "(expected)",
     )
     group.add_argument(
         "--expected_temperature",

@@ -177,7 +177,7 @@ class Speech2Chat:
         maxlenratio: float = 1.0,
         max_tokens: int = 512,
         length_bonus: float = 0.0,
-        output_mode: str = "continuous",
+        output_mode: str = "canonical",
         expected_temperature: float = 1.0,
         system_prompt: Optional[str] = None,
         generation: Optional[Dict[str, Any]] = None,

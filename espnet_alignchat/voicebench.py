@@ -4,16 +4,15 @@ VoiceBench builds its assistants without arguments, so this one reads where the 
 the environment: ``ALIGNCHAT_MODEL`` (a model dir or a packed .zip; default
 ``alignchat.zip`` in the current directory), ``ALIGNCHAT_LLM`` (the model's LLM, if not where
 the model says), ``ALIGNCHAT_DEVICE`` (default: cuda if there is one),
-``ALIGNCHAT_OUTPUT_MODE`` (what the LLM reads: ``continuous``, ``snap``, ``canonical`` or
-``expected``; the real track decodes with ``canonical``) and ``ALIGNCHAT_MAX_NEW_TOKENS`` (default: VoiceBench's
-2048). VoiceBench's
-``src/models/__init__.py`` imports every assistant it has, with all their dependencies, so
-adding this one there is not enough; run VoiceBench's ``main.py`` through
-``python -m espnet_alignchat.bin.voicebench_main`` instead (from the VoiceBench folder,
-with main.py's own arguments, e.g. ``--model alignchat --data sd-qa --split usa``): it gives
-main.py a model registry that holds this assistant alone. Offline, on local files,
-``python -m espnet_alignchat.bin.voicebench_infer`` writes the same output files, batched,
-and ``python -m espnet_alignchat.bin.voicebench_score`` scores them.
+``ALIGNCHAT_OUTPUT_MODE`` (what the LLM reads: ``canonical``, the default, as both worlds
+decode; ``snap``, ``continuous`` or ``expected``) and ``ALIGNCHAT_MAX_NEW_TOKENS`` (default:
+VoiceBench's 2048). VoiceBench's ``src/models/__init__.py`` imports every assistant it has,
+with all their dependencies, so adding this one there is not enough; run VoiceBench's
+``main.py`` through ``python -m espnet_alignchat.bin.voicebench_main`` instead (from the
+VoiceBench folder, with main.py's own arguments, e.g. ``--model alignchat --data sd-qa
+--split usa``): it gives main.py a model registry that holds this assistant alone. Offline,
+on local files, ``python -m espnet_alignchat.bin.voicebench_infer`` writes the same output
+files, batched, and ``python -m espnet_alignchat.bin.voicebench_score`` scores them.
 """
 
 import os

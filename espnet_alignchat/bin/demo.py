@@ -5,7 +5,7 @@
         --output_mode continuous --port 7860
 
 serves the page on http://127.0.0.1:7860 (``--host 0.0.0.0`` to reach it from elsewhere)
-until interrupted. The defaults are the real track's: its model, decoded with ``canonical`` as
+until interrupted. The default model is the real track's, decoded with ``canonical`` as
 ``conf/decode_real.yaml`` decodes it. Needs Gradio: ``pip install -e ".[demo]"``.
 """
 
@@ -24,8 +24,6 @@ DEFAULT_MODEL = "exp/train_instruct_real"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default_model=DEFAULT_MODEL)
-    # As conf/decode_real.yaml decodes the default model.
-    parser.set_defaults(output_mode="canonical")
     add_generation_arguments(parser)
     group = parser.add_argument_group("the page")
     group.add_argument("--host", default="127.0.0.1", help="the address to serve on")

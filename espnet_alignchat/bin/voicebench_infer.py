@@ -83,8 +83,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output_mode",
         choices=OUTPUT_MODES,
-        default="continuous",
-        help="what the LLM reads (the real track decodes with canonical)",
+        default="canonical",
+        help="what the LLM reads (both worlds decode with canonical)",
     )
     parser.add_argument("--log_level", default="INFO")
     return parser

@@ -77,17 +77,21 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The options of `add_decoding_arguments`: the speech tokenizer's search, as `Speech2Chat` and
+# `AlignChatModel.tokenize` take them (and as a decoding config names them).
+DECODING_OPTIONS = (
+    "beam_size",
+    "maxlenratio",
+    "max_tokens",
+    "length_bonus",
+    "output_mode",
+    "expected_temperature",
+)
+
+
 def decoding_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The options of `add_decoding_arguments`, as `Speech2Chat` takes them."""
-    names = (
-        "beam_size",
-        "maxlenratio",
-        "max_tokens",
-        "length_bonus",
-        "output_mode",
-        "expected_temperature",
-    )
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in DECODING_OPTIONS}
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:

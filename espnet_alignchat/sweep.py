@@ -42,6 +42,7 @@ import yaml
 
 from espnet_alignchat.atomic import atomic_write_text
 from espnet_alignchat.benchmarking import positions_per_second, read_utterances
+from espnet_alignchat.cli import DECODING_OPTIONS
 from espnet_alignchat.datadir import read_kaldi_map
 from espnet_alignchat.errors import InputError
 from espnet_alignchat.inference import load_model
@@ -50,15 +51,6 @@ MODEL_TYPES = ("alignchat", "frame_adapter")
 BUDGETS = ("epochs", "steps")
 # The files of a dump dir a subset keeps, filtered to its utterances (those it has).
 SUBSET_FILES = ("wav.scp", "text", "text_int", "utt2spk", "utt2num_samples", "answer")
-# The options of a decoding config that are the speech tokenizer's search.
-SEARCH_OPTIONS = (
-    "beam_size",
-    "maxlenratio",
-    "max_tokens",
-    "length_bonus",
-    "output_mode",
-    "expected_temperature",
-)
 INFERENCE_MODEL = "valid.acc_response.ave.pth"  # alignchat.sh's --inference_model
 DECODE_TAG = "decode"
 
@@ -230,7 +222,7 @@ def measure_positions(
 ) -> Dict[str, float]:
     """LLM positions per second of speech a trained model feeds, on `limit` utterances."""
     decode = yaml.safe_load(decode_config.read_text()) or {}
-    search = {name: decode[name] for name in SEARCH_OPTIONS if name in decode}
+    search = {name: decode[name] for name in DECODING_OPTIONS if name in decode}
     model = load_model(model_dir, INFERENCE_MODEL)
     utterances = read_utterances(data_dir, model.llm, limit)
     return positions_per_second(model, utterances, search, decode.get("batch_size", 8))

@@ -344,12 +344,13 @@ if run_stage 3 && ! is_done "${stats_dir}"; then
             --output_dir "${logdir}/stats.JOB" $(input_opts) \
             $(train_data_opts train "${train_set}" false) \
             $(train_data_opts valid "${valid_set}" false)
-    inputs=()
-    for ((job = 1; job <= n; job++)); do inputs+=(--input_dir "${logdir}/stats.${job}"); done
+    inputs=() outputs=()
+    for ((job = 1; job <= n; job++)); do
+        inputs+=(--input_dir "${logdir}/stats.${job}")
+        outputs+=("${logdir}/stats.${job}")
+    done
     ${python} -m espnet2.bin.aggregate_stats_dirs "${inputs[@]}" --output_dir "${stats_dir}"
     # What the jobs could not load (left out of the shape files), in one list per split.
-    outputs=()
-    for ((job = 1; job <= n; job++)); do outputs+=("${logdir}/stats.${job}"); done
     for name in skipped_train skipped_valid; do merge_splits "${name}" "${stats_dir}" "${outputs[@]}"; done
     mark_done "${stats_dir}"
     finish_stage 3 statistics
